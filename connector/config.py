@@ -67,9 +67,8 @@ class KafkaSettings(_Section):
                 if getattr(self, name) is None
             ]
             if missing:
-                raise ValueError(
-                    f"security_protocol {self.security_protocol} needs kafka.{', kafka.'.join(missing)}"
-                )
+                needed = ", ".join(f"kafka.{name}" for name in missing)
+                raise ValueError(f"security_protocol {self.security_protocol} needs {needed}")
         return self
 
 
@@ -114,7 +113,9 @@ class HitlSettings(_Section):
     @model_validator(mode="after")
     def _base_url_is_http(self) -> HitlSettings:
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"hitl.base_url must start with http:// or https://, got {self.base_url!r}")
+            raise ValueError(
+                f"hitl.base_url must start with http:// or https://, got {self.base_url!r}"
+            )
         return self
 
 
@@ -159,7 +160,9 @@ class ReviewSettings(_Section):
 
     processing_type: Literal["time-sensitive", "deferred"] = "time-sensitive"
     response_type: ResponseType = "single_select"
-    options: list[ReviewOption] = Field(default_factory=_default_options, min_length=1, max_length=20)
+    options: list[ReviewOption] = Field(
+        default_factory=_default_options, min_length=1, max_length=20
+    )
     response_config: dict[str, Any] | None = None
     default_response: Any = "rejected"
     timeout_seconds: dict[Priority, int] = Field(default_factory=_default_timeouts)
@@ -265,7 +268,9 @@ def _read_secret(name: str, env: dict[str, str]) -> str | None:
         try:
             value = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"{name}_FILE={path}: cannot read the secret file ({exc.strerror})") from exc
+            raise ConfigError(
+                f"{name}_FILE={path}: cannot read the secret file ({exc.strerror})"
+            ) from exc
     return value or None
 
 
