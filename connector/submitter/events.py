@@ -1,0 +1,178 @@
+"""Parsing and validating input content events (design §3). Pure: no I/O.
+
+Accepts the seed's shape (``content``, ``content_type: text``, ``priority: normal``,
+``ai_analysis``, ``metadata``) and the documented fields. Every rejection raises
+``InvalidEvent`` with a stable reason token and a detail naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from connector.records import (
+    REASON_INVALID_JSON,
+    REASON_INVALID_UTF8,
+    REASON_SCHEMA,
+    REASON_TOO_LARGE,
+    SourceRef,
+)
+
+PRIORITIES: Final = {
+    "low": "low",
+    "normal": "medium",
+    "medium": "medium",
+    "high": "high",
+    "critical": "critical",
+}
+CONTENT_TYPES: Final = {"text": "markdown", "markdown": "markdown", "image": "image"}
+MAX_ID_CHARS: Final = 256
+
+
+class InvalidEvent(Exception):
+    """The event can never become a HITL request; it goes to the DLQ with ``reason``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class ContentEvent:
+    """A validated input event, already mapped to HITL's vocabulary."""
+
+    event_id: str
+    content: str
+    content_type: str  # the event's own word (text, markdown, image)
+    hitl_type: str  # markdown | image
+    priority: str  # low | medium | high | critical
+    loop_id: str | None
+    image_url: str | None
+    ai_analysis: dict[str, Any] | None
+    metadata: dict[str, Any] | None
+
+    @property
+    def flags(self) -> list[str]:
+        flags = (self.ai_analysis or {}).get("flags") or []
+        return [f for f in flags if isinstance(f, str)]
+
+    def score(self, name: str) -> float | None:
+        value = (self.ai_analysis or {}).get(name)
+        return float(value) if isinstance(value, int | float) else None
+
+
+def _opt_str(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(REASON_SCHEMA, f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _opt_obj(obj: dict[str, Any], name: str) -> dict[str, Any] | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidEvent(REASON_SCHEMA, f"{name} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _event_id(obj: dict[str, Any], key: bytes | None, source: SourceRef) -> str:
+    raw = obj.get("id")
+    if isinstance(raw, bool) or (raw is not None and not isinstance(raw, str | int)):
+        raise InvalidEvent(
+            REASON_SCHEMA, f"id must be a string or integer, got {type(raw).__name__}"
+        )
+    if raw is not None and str(raw).strip():
+        event_id = str(raw).strip()
+    elif key:
+        try:
+            event_id = key.decode("utf-8")
+        except UnicodeDecodeError:
+            event_id = key.hex()
+    else:
+        event_id = f"{source.topic}:{source.partition}:{source.offset}"
+    if len(event_id) > MAX_ID_CHARS:
+        raise InvalidEvent(REASON_SCHEMA, f"id is longer than {MAX_ID_CHARS} characters")
+    return event_id
+
+
+def _check_analysis(analysis: dict[str, Any] | None) -> None:
+    if analysis is None:
+        return
+    for name in ("confidence", "risk_score"):
+        value = analysis.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidEvent(REASON_SCHEMA, f"ai_analysis.{name} must be a number")
+        if not 0.0 <= float(value) <= 1.0:
+            raise InvalidEvent(REASON_SCHEMA, f"ai_analysis.{name} must be between 0 and 1")
+    flags = analysis.get("flags")
+    if flags is not None and (
+        not isinstance(flags, list) or not all(isinstance(f, str) for f in flags)
+    ):
+        raise InvalidEvent(REASON_SCHEMA, "ai_analysis.flags must be a list of strings")
+
+
+def parse_event(
+    value: bytes | None, key: bytes | None, source: SourceRef, *, max_bytes: int
+) -> ContentEvent:
+    """Decode and validate one input record value."""
+    if value is None:
+        raise InvalidEvent(REASON_SCHEMA, "record has no value (tombstone)")
+    if len(value) > max_bytes:
+        raise InvalidEvent(REASON_TOO_LARGE, f"value is {len(value)} bytes, limit {max_bytes}")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEvent(REASON_INVALID_UTF8, "value is not valid UTF-8") from None
+        raise InvalidEvent(REASON_INVALID_JSON, f"value is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(REASON_SCHEMA, f"value must be a JSON object, got {type(obj).__name__}")
+
+    event_id = _event_id(obj, key, source)
+    content = _opt_str(obj, "content")
+    if content is None:
+        content = _opt_str(obj, "text")
+    content_type = (_opt_str(obj, "content_type") or "text").lower()
+    hitl_type = CONTENT_TYPES.get(content_type)
+    if hitl_type is None:
+        raise InvalidEvent(
+            REASON_SCHEMA, f"content_type {content_type!r} is not one of text, markdown, image"
+        )
+    image_url = _opt_str(obj, "image_url")
+    if hitl_type == "image":
+        if not image_url or not image_url.startswith(("http://", "https://")):
+            raise InvalidEvent(REASON_SCHEMA, "image events need an http(s) image_url")
+    elif content is None or not content.strip():
+        raise InvalidEvent(REASON_SCHEMA, "content (or text) is required and must not be empty")
+    raw_priority = (_opt_str(obj, "priority") or "medium").lower()
+    priority = PRIORITIES.get(raw_priority)
+    if priority is None:
+        raise InvalidEvent(
+            REASON_SCHEMA,
+            f"priority {raw_priority!r} is not one of low, normal, medium, high, critical",
+        )
+    analysis = _opt_obj(obj, "ai_analysis")
+    _check_analysis(analysis)
+    loop_id = _opt_str(obj, "loop_id")
+    return ContentEvent(
+        event_id=event_id,
+        content=content or "",
+        content_type=content_type,
+        hitl_type=hitl_type,
+        priority=priority,
+        loop_id=loop_id.strip() if loop_id and loop_id.strip() else None,
+        image_url=image_url,
+        ai_analysis=analysis,
+        metadata=_opt_obj(obj, "metadata"),
+    )

@@ -1,0 +1,65 @@
+"""Which loop an event goes to, and whether the policy decides it without a human. Pure.
+
+Order for the loop: the event's own ``loop_id`` (when allowed), then the first matching rule,
+then the default. The policy looks only at ``ai_analysis``; rejection wins over approval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from connector.config import LoopSettings, PolicySettings, RouteRule
+from connector.submitter.events import ContentEvent
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    decision: str
+    reason: str
+
+
+def _matches(rule: RouteRule, event: ContentEvent, source_name: str | None) -> bool:
+    if rule.content_type is not None and event.content_type not in rule.content_type:
+        return False
+    if rule.priority is not None and event.priority not in rule.priority:
+        return False
+    if rule.flags_any is not None and not set(rule.flags_any) & set(event.flags):
+        return False
+    return rule.source is None or source_name in rule.source
+
+
+def choose_loop(event: ContentEvent, loops: LoopSettings) -> str | None:
+    if event.loop_id and loops.allow_event_override:
+        return event.loop_id
+    source_name = (event.metadata or {}).get("source")
+    source = source_name if isinstance(source_name, str) else None
+    for rule in loops.routes:
+        if _matches(rule, event, source):
+            return rule.loop_id
+    return loops.default
+
+
+def decide_by_policy(event: ContentEvent, policy: PolicySettings) -> PolicyDecision | None:
+    if not policy.enabled or event.ai_analysis is None:
+        return None
+    risk = event.score("risk_score")
+    confidence = event.score("confidence")
+    bad_flags = sorted(set(policy.reject_flags) & set(event.flags))
+    if bad_flags:
+        return PolicyDecision(policy.reject_decision, f"flags {', '.join(bad_flags)}")
+    if risk is not None and risk >= policy.reject_min_risk:
+        return PolicyDecision(
+            policy.reject_decision, f"risk_score {risk} >= {policy.reject_min_risk}"
+        )
+    if (
+        confidence is not None
+        and risk is not None
+        and confidence >= policy.approve_min_confidence
+        and risk <= policy.approve_max_risk
+    ):
+        return PolicyDecision(
+            policy.approve_decision,
+            f"confidence {confidence} >= {policy.approve_min_confidence} and "
+            f"risk_score {risk} <= {policy.approve_max_risk}",
+        )
+    return None
