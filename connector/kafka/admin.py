@@ -8,6 +8,7 @@ producing or consuming.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -97,10 +98,9 @@ async def ensure_topics(settings: Settings, *, create: bool) -> list[str]:
                 )
                 for s in missing
             ]
-            try:
+            # Another instance may win the race; the shape is validated below either way.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another instance won the race; validated below
             created = [s.name for s in missing]
             log.info("created topics %s", ", ".join(created))
         elif missing:

@@ -1,0 +1,90 @@
+"""Wires the roles into one process with one lifecycle.
+
+Start order: topics (create/validate) → HITL client → roles. Stop order, under one deadline
+(``batch.shutdown_deadline_seconds``): stop fetching → finish in-flight creates → commit →
+close Kafka clients → close the HITL client. Never waits for humans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterable
+
+from connector.config import Settings
+from connector.errors import ConfigError
+from connector.hitl.client import HitlClient
+from connector.kafka.admin import ensure_topics
+from connector.submitter.service import Submitter, drain
+
+log = logging.getLogger(__name__)
+
+ROLES = ("submitter", "gateway", "resolver")
+IMPLEMENTED_ROLES = ("submitter",)
+
+
+def resolve_roles(role: str) -> list[str]:
+    roles = list(ROLES) if role == "all" else [role]
+    missing = [r for r in roles if r not in IMPLEMENTED_ROLES]
+    if role != "all" and missing:
+        raise ConfigError(f"role {role!r} is not available in this version yet")
+    return [r for r in roles if r in IMPLEMENTED_ROLES]
+
+
+def check_runnable(settings: Settings, roles: Iterable[str]) -> None:
+    """Problems that make a role useless, reported before anything connects."""
+    if "submitter" in roles and settings.hitl.api_key is None:
+        raise ConfigError(
+            "HITL_API_KEY is not set: export it (or HITL_API_KEY_FILE pointing at a file "
+            "holding it); the submitter cannot create requests without it"
+        )
+    if "submitter" in roles and not settings.loops.default and not settings.loops.routes:
+        log.warning(
+            "loops.default is unset and there are no routing rules: events without a "
+            "loop_id will go to the DLQ with reason no_loop"
+        )
+
+
+async def run_app(settings: Settings, role: str = "all", stop: asyncio.Event | None = None) -> int:
+    """Run the chosen roles until SIGTERM/SIGINT (or ``stop``); returns an exit code."""
+    roles = resolve_roles(role)
+    check_runnable(settings, roles)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await ensure_topics(settings, create=settings.topics.create)
+    client = HitlClient(settings.hitl)
+    await client.start()
+    submitter = Submitter(settings, client, blocked_until=client.blocked_until)
+    try:
+        await submitter.start()
+        task = asyncio.create_task(submitter.run(), name="submitter")
+        stopper = asyncio.create_task(stop.wait(), name="stop-signal")
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done and task.exception() is not None:
+            log.error("submitter failed: %s", task.exception())
+            stopper.cancel()
+            await submitter.stop()
+            return 1
+        stopper.cancel()
+        log.info("stopping: finishing the batch in progress")
+        await drain(submitter, task, settings.batch.shutdown_deadline_seconds)
+        s = submitter.stats
+        log.info(
+            "stopped: consumed=%d created=%d policy=%d dlq=%s",
+            s.consumed,
+            s.created,
+            s.policy,
+            s.dlq,
+        )
+        return 0
+    finally:
+        await submitter.stop()
+        await client.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)

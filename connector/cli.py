@@ -1,0 +1,165 @@
+"""The ``hitl-connector`` command line. Parses flags and calls into the package; no logic.
+
+Commands (design §8): run, check [--live], topics create, sandbox, dev-kafka, loadgen.
+Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from connector.config import Settings, load_settings
+from connector.errors import ConfigError, ConnectorError, HitlError
+
+log = logging.getLogger("connector.cli")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
+
+
+def _run_async(coro: object) -> int:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    return int(asyncio.run(coro))  # type: ignore[arg-type]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from connector.app import run_app
+    from connector.logs import setup_logging
+
+    settings = _settings(args)
+    setup_logging(settings.log.level, settings.log.format)
+    return _run_async(run_app(settings, args.role))
+
+
+async def _check_live(settings: Settings) -> list[str]:
+    from connector.hitl.client import HitlClient
+    from connector.kafka.admin import ensure_topics
+
+    report: list[str] = []
+    await ensure_topics(settings, create=False)
+    report.append(f"kafka: {settings.kafka.bootstrap_servers} reachable, topics valid")
+    if settings.hitl.api_key is None:
+        report.append("hitl: HITL_API_KEY not set, API not checked")
+        return report
+    async with HitlClient(settings.hitl) as client:
+        info = await client.test_key()
+        report.append(f"hitl: API key valid (account {info.get('account_status', '?')})")
+        wanted = {settings.loops.default, *(r.loop_id for r in settings.loops.routes)} - {None}
+        if wanted:
+            known = {str(loop.get("id")) for loop in await client.list_loops()}
+            missing = sorted(str(w) for w in wanted if w not in known)
+            if missing:
+                raise ConnectorError(f"loops not found for this API key: {', '.join(missing)}")
+            report.append(f"hitl: loops found: {', '.join(sorted(str(w) for w in wanted))}")
+    return report
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print("configuration: valid")
+    if args.live:
+        for line in asyncio.run(_check_live(settings)):
+            print(line)
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from connector.kafka.admin import ensure_topics
+
+    settings = _settings(args)
+    created = asyncio.run(ensure_topics(settings, create=True))
+    print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
+    print("all topics valid")
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from connector.sandbox.server import options_from_args, serve
+
+    serve(options_from_args(args), args.host, args.port)
+    return 0
+
+
+def cmd_dev_kafka(args: argparse.Namespace) -> int:
+    from connector.devkafka import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    from connector.loadgen import run_from_args
+
+    return _run_async(run_from_args(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from connector import devkafka, loadgen
+    from connector.sandbox import server as sandbox_server
+
+    parser = argparse.ArgumentParser(
+        prog="hitl-connector",
+        description="Human-in-the-loop review for Kafka pipelines (HITL.sh).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the connector")
+    _add_config(p)
+    p.add_argument("--role", choices=("all", "submitter", "gateway", "resolver"), default="all")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate the configuration (--live: and the services)")
+    _add_config(p)
+    p.add_argument("--live", action="store_true", help="also check Kafka, topics, key, loops")
+    p.set_defaults(func=cmd_check)
+
+    topics = sub.add_parser("topics", help="manage the connector's topics")
+    tsub = topics.add_subparsers(dest="topics_command", required=True)
+    p = tsub.add_parser("create", help="create missing topics and validate all")
+    _add_config(p)
+    p.set_defaults(func=cmd_topics_create)
+
+    p = sub.add_parser("sandbox", help="run the local HITL.sh stand-in")
+    sandbox_server.add_arguments(p)
+    p.set_defaults(func=cmd_sandbox)
+
+    p = sub.add_parser("dev-kafka", help="run a local single-node Kafka broker")
+    devkafka.add_arguments(p)
+    p.set_defaults(func=cmd_dev_kafka)
+
+    p = sub.add_parser("loadgen", help="produce content events to the input topic")
+    loadgen.add_arguments(p)
+    p.set_defaults(func=cmd_loadgen)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except HitlError as exc:
+        print(f"hitl-connector: HITL API: {exc}", file=sys.stderr)
+        return 1
+    except ConnectorError as exc:
+        print(f"hitl-connector: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

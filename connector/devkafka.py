@@ -1,0 +1,555 @@
+"""A real single-node Apache Kafka for development and tests (`hitl-connector dev-kafka`).
+
+Owns: finding the Kafka jars (``deploy/kafka/lib`` resolved with Maven from
+``deploy/kafka/pom.xml`` and cached by the pom's hash, else ``$KAFKA_HOME/libs``), finding
+Java >= 17, writing ``server.properties`` for one combined KRaft broker/controller, formatting
+the storage once, running the JVM with a capped heap, waiting until the broker answers a
+metadata request, stopping it (SIGTERM, then SIGKILL after a deadline), and the faults chaos
+tests inject (``kill``/``pause``/``resume``, restart on the same data dir).
+
+Not owned here: topics and client settings (``connector.kafka``), production clusters.
+The Kafka version is pinned in ``deploy/kafka/pom.xml`` only.
+
+Data dir layout: ``server.properties``, ``kraft/`` (log.dirs, holds ``meta.properties``),
+``broker.log`` (the JVM's stdout and stderr, appended across restarts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from connector.errors import KafkaSetupError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEPLOY_DIR = REPO_ROOT / "deploy" / "kafka"
+MIN_JAVA = 17
+DEFAULT_HEAP = "512m"
+DEFAULT_START_TIMEOUT = 120.0
+DEFAULT_STOP_TIMEOUT = 30.0
+_STAMP = ".resolved"
+_INSTALL_HINT = (
+    "install Maven (apt-get install maven) so deploy/kafka/pom.xml can be resolved, "
+    "or set KAFKA_HOME to an unpacked Apache Kafka 4.x distribution"
+)
+
+# Single node: every internal topic must live with one replica. Fewer internal partitions
+# than the defaults (50) make the first consumer group and transaction noticeably faster.
+_BASE_PROPERTIES: dict[str, str] = {
+    "process.roles": "broker,controller",
+    "node.id": "1",
+    "controller.listener.names": "CONTROLLER",
+    "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+    "inter.broker.listener.name": "PLAINTEXT",
+    "num.partitions": "1",
+    "default.replication.factor": "1",
+    "min.insync.replicas": "1",
+    "offsets.topic.replication.factor": "1",
+    "offsets.topic.num.partitions": "10",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "transaction.state.log.num.partitions": "10",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    # Deterministic tests: topics exist only when someone created them on purpose.
+    "auto.create.topics.enable": "false",
+    # Abandoned transactions (e.g. a killed producer in chaos tests) are aborted sooner.
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms": "5000",
+}
+
+
+class DevKafkaError(KafkaSetupError):
+    """The development broker cannot be installed, started or stopped; the message says why."""
+
+
+@dataclass(frozen=True)
+class KafkaDistribution:
+    """Where the Kafka jars come from: ``lib_dir`` holds them all (classpath ``lib_dir/*``)."""
+
+    lib_dir: Path
+    source: Literal["maven", "kafka_home"]
+    log4j_config: Path | None
+
+    @property
+    def classpath(self) -> str:
+        return str(self.lib_dir / "*")
+
+
+# --- discovery ----------------------------------------------------------------------------
+
+
+def _pom_digest(pom: Path) -> str:
+    return hashlib.sha256(pom.read_bytes()).hexdigest()
+
+
+def _resolved_lib(deploy_dir: Path) -> Path | None:
+    """``deploy_dir/lib`` if it was resolved from the current pom (stamp matches)."""
+    lib, pom = deploy_dir / "lib", deploy_dir / "pom.xml"
+    stamp = lib / _STAMP
+    if pom.is_file() and stamp.is_file() and stamp.read_text().strip() == _pom_digest(pom):
+        return lib
+    return None
+
+
+def _maven_resolve(mvn: str, deploy_dir: Path) -> Path:
+    """Resolve the pom into ``deploy_dir/lib`` atomically (temp dir, then rename)."""
+    pom, lib = deploy_dir / "pom.xml", deploy_dir / "lib"
+    # The pom itself is the lock: concurrent test runs resolve once, the others wait.
+    with pom.open("rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (cached := _resolved_lib(deploy_dir)) is not None:
+            return cached
+        tmp = deploy_dir / f"lib.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom)]
+        cmd += ["dependency:copy-dependencies", f"-Dkafka.lib.dir={tmp}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
+        if done.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+            raise DevKafkaError(
+                f"Maven could not resolve {pom} (exit {done.returncode}); check network access "
+                f"to Maven Central and ~/.m2/settings.xml. Last output:\n{tail}"
+            )
+        (tmp / _STAMP).write_text(_pom_digest(pom) + "\n")
+        shutil.rmtree(lib, ignore_errors=True)
+        tmp.rename(lib)
+        return lib
+
+
+def _kafka_home_libs(kafka_home: str) -> Path:
+    libs = Path(kafka_home) / "libs"
+    jars = sorted(libs.glob("kafka_2.*-*.jar")) if libs.is_dir() else []
+    if not jars:
+        raise DevKafkaError(
+            f"KAFKA_HOME={kafka_home} has no libs/kafka_2.*.jar; point it at an unpacked "
+            f"Apache Kafka 4.x distribution, or {_INSTALL_HINT}"
+        )
+    match = re.search(r"kafka_2\.\d+-(\d+)\.", jars[0].name)
+    if match and int(match.group(1)) < 4:
+        raise DevKafkaError(f"KAFKA_HOME has {jars[0].name}; Kafka 4.x is required")
+    return libs
+
+
+def resolve_distribution(
+    *, deploy_dir: Path = DEPLOY_DIR, env: Mapping[str, str] | None = None
+) -> KafkaDistribution:
+    """Find the Kafka jars, resolving them with Maven when needed.
+
+    Order: 1. ``deploy_dir/lib`` already resolved from the current pom; 2. resolve it with
+    ``mvn`` if on PATH (~15 s with a warm ~/.m2); 3. ``$KAFKA_HOME/libs``; else an error
+    naming what to install.
+    """
+    env = os.environ if env is None else env
+    log4j = deploy_dir / "log4j2.properties"
+    log4j_config = log4j if log4j.is_file() else None
+    if (lib := _resolved_lib(deploy_dir)) is not None:
+        return KafkaDistribution(lib, "maven", log4j_config)
+    mvn = shutil.which("mvn", path=env.get("PATH", ""))
+    if mvn is not None and (deploy_dir / "pom.xml").is_file():
+        return KafkaDistribution(_maven_resolve(mvn, deploy_dir), "maven", log4j_config)
+    if kafka_home := env.get("KAFKA_HOME"):
+        libs = _kafka_home_libs(kafka_home)
+        if log4j_config is None and (Path(kafka_home) / "config" / "log4j2.yaml").is_file():
+            log4j_config = Path(kafka_home) / "config" / "log4j2.yaml"
+        return KafkaDistribution(libs, "kafka_home", log4j_config)
+    raise DevKafkaError(f"No Apache Kafka found: {_INSTALL_HINT}.")
+
+
+def parse_java_major(version_output: str) -> int | None:
+    """Major version from ``java -version`` output (``"17.0.15"`` → 17, ``"1.8.0_402"`` → 8)."""
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
+    if match is None:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def find_java(env: Mapping[str, str] | None = None) -> str:
+    """Path of a Java >= 17 runtime (``$JAVA_HOME/bin/java``, else ``java`` on PATH)."""
+    env = os.environ if env is None else env
+    java: str | None = None
+    if java_home := env.get("JAVA_HOME"):
+        candidate = Path(java_home) / "bin" / "java"
+        java = str(candidate) if candidate.is_file() else None
+    java = java or shutil.which("java", path=env.get("PATH", ""))
+    hint = "install a JRE (apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+    if java is None:
+        raise DevKafkaError(f"No Java runtime found; Kafka needs Java {MIN_JAVA}+: {hint}")
+    out = subprocess.run(  # noqa: S603
+        [java, "-version"], capture_output=True, text=True, check=False, timeout=60
+    )
+    major = parse_java_major(out.stderr + out.stdout)
+    if major is None or major < MIN_JAVA:
+        raise DevKafkaError(
+            f"{java} is Java {major or 'of unknown version'}; Kafka 4 needs Java {MIN_JAVA}+: "
+            f"{hint}"
+        )
+    return java
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+# --- the broker ---------------------------------------------------------------------------
+
+_running: set[DevKafka] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    # A crashed test session must not leave a JVM behind holding ports and memory.
+    for broker in list(_running):
+        broker.kill()
+
+
+class DevKafka:
+    """One combined KRaft broker/controller JVM on ``host:port`` with its data in ``data_dir``.
+
+    ``start()`` formats the storage if needed, starts the JVM and returns once the broker
+    serves metadata; ``stop()`` stops it cleanly (idempotent). Ports chosen with ``port=0``
+    are kept, so ``start()`` after ``stop()``/``kill()`` restarts the same broker and data.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        port: int = 0,
+        controller_port: int = 0,
+        host: str = "127.0.0.1",
+        heap: str = DEFAULT_HEAP,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        extra_properties: Mapping[str, str] | None = None,
+        distribution: KafkaDistribution | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.host = host
+        self.port = port
+        self.controller_port = controller_port
+        self.heap = heap
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.extra_properties = dict(extra_properties or {})
+        self._distribution = distribution
+        self._java: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    async def __aenter__(self) -> DevKafka:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the broker (formatting new storage) and wait until it serves metadata."""
+        if self.running:
+            return
+        await asyncio.to_thread(self._prepare)
+        self._spawn()
+        try:
+            await self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+
+    async def stop(self) -> None:
+        """SIGTERM, wait up to ``stop_timeout``, then SIGKILL. Safe to call twice."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)  # a paused JVM cannot act on SIGTERM
+                proc.terminate()
+            deadline = time.monotonic() + self.stop_timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the JVM now (a crash: no controlled shutdown) and reap it."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=30)
+        self._proc = None
+        _running.discard(self)
+
+    def pause(self) -> None:
+        """SIGSTOP the JVM: connections stay open but nothing answers (a hung broker)."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused JVM."""
+        self._signal(signal.SIGCONT)
+
+    async def restart(self) -> None:
+        """Clean stop, then start again on the same ports and data."""
+        await self.stop()
+        await self.start()
+
+    async def wait(self) -> int:
+        """Wait until the JVM exits on its own (or is stopped); its exit code."""
+        proc = self._proc
+        if proc is None:
+            return 0
+        while (code := proc.poll()) is None:
+            await asyncio.sleep(0.2)
+        return code
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of ``broker.log`` (for error messages)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return "(no broker log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            raise DevKafkaError(f"the broker is not running; cannot send {signum.name}")
+        self._proc.send_signal(signum)
+
+    def _prepare(self) -> None:
+        """Blocking set-up (run in a thread): jars, java, ports, properties, format."""
+        if self._distribution is None:
+            self._distribution = resolve_distribution()
+        self._java = self._java or find_java()
+        self.port = self.port or free_port(self.host)
+        self.controller_port = self.controller_port or free_port(self.host)
+        (self.data_dir / "kraft").mkdir(parents=True, exist_ok=True)
+        self._properties_path().write_text(self._render_properties())
+        if not (self.data_dir / "kraft" / "meta.properties").is_file():
+            self._format()
+
+    def _properties_path(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    def _render_properties(self) -> str:
+        props = dict(_BASE_PROPERTIES)
+        props |= {
+            # Static quorum: the controller port may change between restarts of the data dir.
+            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:"
+                f"{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "log.dirs": str(self.data_dir / "kraft"),
+        }
+        props |= self.extra_properties
+        lines = ["# Written by connector/devkafka.py on every start; edits are overwritten."]
+        return "\n".join([*lines, *(f"{k}={v}" for k, v in props.items())]) + "\n"
+
+    def _java_command(self, main_class: str, *args: str, heap: str | None = None) -> list[str]:
+        dist = self._distribution
+        assert dist is not None and self._java is not None
+        cmd = [self._java, "-Djava.awt.headless=true", "-XX:+ExitOnOutOfMemoryError"]
+        if heap:
+            cmd.append(f"-Xmx{heap}")
+        if dist.log4j_config is not None:
+            cmd.append(f"-Dlog4j2.configurationFile={dist.log4j_config}")
+        return [*cmd, "-cp", dist.classpath, main_class, *args]
+
+    def _format(self) -> None:
+        cmd = self._java_command(
+            "kafka.tools.StorageTool",
+            *("format", "-t", _cluster_id(), "-c", str(self._properties_path())),
+            heap="256m",
+        )
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
+        if done.returncode != 0:
+            raise DevKafkaError(
+                f"formatting {self.data_dir / 'kraft'} failed (exit {done.returncode}):\n"
+                f"{(done.stdout + done.stderr)[-3000:]}"
+            )
+
+    def _spawn(self) -> None:
+        cmd = self._java_command("kafka.Kafka", str(self._properties_path()), heap=self.heap)
+        with self.log_path.open("ab") as log:
+            log.write(f"\n==== devkafka start {time.strftime('%F %T')} ====\n".encode())
+            log.flush()
+            # Own session: Ctrl-C in a terminal reaches us, and we stop the JVM in order.
+            self._proc = subprocess.Popen(  # noqa: S603
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,
+            )
+        _running.add(self)
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = proc.returncode if proc is not None else "killed"
+                raise DevKafkaError(
+                    f"Kafka exited during start (exit {code}); last lines of "
+                    f"{self.log_path}:\n{self.log_tail()}"
+                )
+            if await self._answers_metadata():
+                return
+            await asyncio.sleep(0.25)
+        raise DevKafkaError(
+            f"Kafka did not become ready on {self.bootstrap_servers} within "
+            f"{self.start_timeout:.0f}s; last lines of {self.log_path}:\n{self.log_tail()}"
+        )
+
+    async def _answers_metadata(self) -> bool:
+        """True when the port accepts connections and a metadata request lists the broker."""
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 1)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.errors import KafkaError
+
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000
+        )
+        try:
+            await asyncio.wait_for(admin.start(), 10)
+            cluster = await asyncio.wait_for(admin.describe_cluster(), 10)
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        finally:
+            await admin.close()
+        return bool(cluster.get("brokers"))
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``hitl-connector dev-kafka``."""
+    parser.add_argument("--port", type=int, default=9092, help="broker port (0: any free)")
+    parser.add_argument("--controller-port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--host", default="127.0.0.1", help="listen and advertise address")
+    parser.add_argument("--data-dir", type=Path, default=Path("var/kafka"), help="storage")
+    parser.add_argument("--heap", default=DEFAULT_HEAP, help="JVM max heap (-Xmx)")
+    parser.add_argument(
+        "--resolve-only",
+        action="store_true",
+        help="only install/find the Kafka jars and Java, then exit",
+    )
+
+
+async def _serve(broker: DevKafka) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    started = time.monotonic()
+    await broker.start()
+    print(
+        f"Kafka ready on {broker.bootstrap_servers} in {time.monotonic() - started:.1f}s "
+        f"(data {broker.data_dir}, log {broker.log_path}); Ctrl-C or SIGTERM stops it.",
+        flush=True,
+    )
+    stopped = asyncio.create_task(stop.wait())
+    exited = asyncio.create_task(broker.wait())
+    await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    exited.cancel()
+    if not stop.is_set():
+        print(f"Kafka exited unexpectedly; last lines:\n{broker.log_tail()}", file=sys.stderr)
+        await broker.stop()
+        return 1
+    print("stopping Kafka ...", flush=True)
+    await broker.stop()
+    print("Kafka stopped.", flush=True)
+    return 0
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run ``dev-kafka`` in the foreground until SIGINT/SIGTERM; the process exit code."""
+    try:
+        if args.resolve_only:
+            dist = resolve_distribution()
+            java = find_java()
+            print(f"Kafka jars: {dist.lib_dir} (from {dist.source}); Java: {java}")
+            return 0
+        broker = DevKafka(
+            args.data_dir,
+            port=args.port,
+            controller_port=args.controller_port,
+            host=args.host,
+            heap=args.heap,
+        )
+        return asyncio.run(_serve(broker))
+    except DevKafkaError as exc:
+        print(f"dev-kafka: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m connector.devkafka", description=__doc__)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

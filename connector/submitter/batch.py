@@ -1,0 +1,297 @@
+"""One micro-batch of the submit path: classify records, create HITL requests, plan the commit.
+
+A batch is one fetch. Every record gets exactly one outcome:
+
+- ``dlq``       invalid event or permanent HITL rejection → DLQ record with the reason;
+- ``policy``    the auto-decision policy decided → decision record;
+- ``created``   a HITL request exists → ``hitl.requests`` row;
+- ``deferred``  HITL could not be asked now (rate limit, outage, circuit open, deadline).
+
+A partition commits only up to its first deferred record; it then seeks back there and pauses
+until HITL can be asked again. Creates that succeeded *after* a gap still write their
+``hitl.requests`` row (so the request is never orphaned) but not their offset: the retry
+re-sends the same ``Idempotency-Key`` and gets the same request back.
+
+This module performs HTTP calls through the client but no Kafka I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from connector.config import Settings
+from connector.errors import HitlPermanentError, HitlRetriableError
+from connector.records import (
+    H_TRACEPARENT,
+    REASON_HITL_REJECTED,
+    REASON_NO_LOOP,
+    SCHEMA_DECISION,
+    OutRecord,
+    RequestEntry,
+    SourceRef,
+    base_headers,
+    decision_value,
+    dlq_record,
+    dumps,
+    find_header,
+    iso_now,
+)
+from connector.submitter.events import ContentEvent, InvalidEvent, parse_event
+from connector.submitter.routing import choose_loop, decide_by_policy
+from connector.submitter.translate import build_create_body
+
+log = logging.getLogger(__name__)
+
+
+class Created(Protocol):
+    request_id: str
+    timeout_at: str | None
+
+
+class CreateClient(Protocol):
+    async def create_request(
+        self,
+        loop_id: str,
+        body: dict[str, Any],
+        *,
+        idempotency_key: str,
+        deadline: float | None = None,
+    ) -> Created: ...
+
+
+class InputRecord(Protocol):
+    """The parts of an aiokafka ConsumerRecord the batch reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class Outcome:
+    kind: str  # dlq | policy | created | deferred
+    records: list[OutRecord] = field(default_factory=list)
+    reason: str | None = None
+    retry_after: float | None = None
+    truncated: bool = False
+
+
+@dataclass(slots=True)
+class PartitionPlan:
+    """What one partition of the batch commits, and where it resumes."""
+
+    commit_offset: int | None
+    seek_to: int | None
+    retry_after: float | None
+    outputs: list[OutRecord]
+
+
+@dataclass(slots=True)
+class BatchStats:
+    consumed: int = 0
+    created: int = 0
+    policy: int = 0
+    dlq: dict[str, int] = field(default_factory=dict)
+    deferred: int = 0
+    truncated: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: InputRecord
+    source: SourceRef
+    event: ContentEvent
+    loop_id: str
+    body: dict[str, Any]
+    truncated: bool
+
+
+class BatchProcessor:
+    """Turns a fetched batch into per-partition commit plans."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: CreateClient,
+        *,
+        callback_url_for: Callable[[str], str | None] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._s = settings
+        self._client = client
+        self._callback_url_for = callback_url_for or (lambda _event_id: None)
+        self._clock = clock
+        self._monotonic = monotonic
+        self._slots = asyncio.Semaphore(settings.hitl.max_in_flight)
+
+    def _dlq(self, rec: InputRecord, source: SourceRef, reason: str, detail: str) -> Outcome:
+        out = dlq_record(
+            self._s.topics.dlq,
+            key=rec.key,
+            value=rec.value,
+            source=source,
+            reason=reason,
+            detail=detail,
+            original_headers=rec.headers,
+        )
+        return Outcome("dlq", [out], reason=reason)
+
+    def _policy(self, rec: InputRecord, source: SourceRef, event: ContentEvent) -> Outcome | None:
+        decided = decide_by_policy(event, self._s.policy)
+        if decided is None:
+            return None
+        now = self._clock()
+        ts = rec.timestamp / 1000 if rec.timestamp and rec.timestamp > 0 else None
+        value = decision_value(
+            event_id=event.event_id,
+            request_id=None,
+            loop_id=None,
+            status="auto",
+            decision=decided.decision,
+            response=decided.decision,
+            raw_response={"policy": decided.reason},
+            decided_by="policy",
+            via="policy",
+            source=source,
+            submitted_at=None,
+            decided_at=iso_now(now),
+            end_to_end_seconds=None if ts is None else round(now - ts, 6),
+        )
+        headers = base_headers(
+            SCHEMA_DECISION,
+            event_id=event.event_id,
+            traceparent=find_header(rec.headers, H_TRACEPARENT),
+        )
+        key = rec.key if rec.key is not None else event.event_id.encode()
+        return Outcome("policy", [OutRecord(self._s.topics.output, key, dumps(value), headers)])
+
+    def classify(self, rec: InputRecord) -> Outcome | _Pending:
+        """Everything that needs no network: validation, policy, routing, the body."""
+        source = SourceRef(rec.topic, rec.partition, rec.offset, rec.timestamp)
+        try:
+            event = parse_event(rec.value, rec.key, source, max_bytes=self._s.batch.max_event_bytes)
+        except InvalidEvent as exc:
+            return self._dlq(rec, source, exc.reason, exc.detail)
+        decided = self._policy(rec, source, event)
+        if decided is not None:
+            return decided
+        loop_id = choose_loop(event, self._s.loops)
+        if loop_id is None:
+            return self._dlq(
+                rec,
+                source,
+                REASON_NO_LOOP,
+                "no loop_id on the event, no routing rule matched and loops.default is unset",
+            )
+        built = build_create_body(
+            event,
+            self._s.review,
+            source,
+            callback_url=self._callback_url_for(event.event_id),
+            platform_version=self._s.hitl.platform_version,
+        )
+        return _Pending(rec, source, event, loop_id, built.body, built.truncated)
+
+    async def _create(
+        self, part: Any, p: _Pending, blocked: dict[Any, float | None], deadline: float
+    ) -> Outcome:
+        async with self._slots:
+            if part in blocked:  # an earlier record of this partition is deferred already
+                return Outcome("deferred", retry_after=blocked[part])
+            try:
+                created = await self._client.create_request(
+                    p.loop_id, p.body, idempotency_key=p.event.event_id, deadline=deadline
+                )
+            except HitlPermanentError as exc:
+                detail = f"HITL {exc.status}: {exc.msg or exc}"
+                return self._dlq(p.record, p.source, REASON_HITL_REJECTED, detail)
+            except HitlRetriableError as exc:
+                blocked.setdefault(part, exc.retry_after)
+                return Outcome("deferred", retry_after=exc.retry_after)
+        entry = RequestEntry(
+            request_id=created.request_id,
+            event_id=p.event.event_id,
+            key=p.record.key,
+            loop_id=p.loop_id,
+            source=p.source,
+            response_type=self._s.review.response_type,
+            options=[{"value": o.value, "label": o.label} for o in self._s.review.options],
+            default_response=self._s.review.default_response,
+            timeout_at=created.timeout_at,
+            submitted_at=iso_now(self._clock()),
+            traceparent=_text(find_header(p.record.headers, H_TRACEPARENT)),
+            callback_token="callback_url" in p.body,
+        )
+        return Outcome("created", [entry.to_record(self._s.topics.requests)], truncated=p.truncated)
+
+    async def process(
+        self, batch: dict[Any, list[InputRecord]], stats: BatchStats
+    ) -> dict[Any, PartitionPlan]:
+        """Classify, create concurrently (bounded, all partitions at once), plan commits."""
+        deadline = self._monotonic() + self._s.batch.max_batch_seconds
+        blocked: dict[Any, float | None] = {}
+        classified = {tp: [self.classify(r) for r in records] for tp, records in batch.items()}
+        # Tasks start in offset order per partition; the semaphore wakes waiters FIFO, so
+        # earlier records of a partition get their slot first.
+        tasks = {
+            (tp, i): asyncio.ensure_future(self._create(tp, o, blocked, deadline))
+            for tp, outcomes in classified.items()
+            for i, o in enumerate(outcomes)
+            if isinstance(o, _Pending)
+        }
+        if tasks:
+            await asyncio.gather(*tasks.values())
+        plans: dict[Any, PartitionPlan] = {}
+        for tp, outcomes in classified.items():
+            final = [
+                tasks[(tp, i)].result() if isinstance(o, _Pending) else o
+                for i, o in enumerate(outcomes)
+            ]
+            plans[tp] = self._plan(batch[tp], final, stats)
+        return plans
+
+    @staticmethod
+    def _plan(
+        records: Sequence[InputRecord], outcomes: Sequence[Outcome], stats: BatchStats
+    ) -> PartitionPlan:
+        outputs: list[OutRecord] = []
+        gap: int | None = None
+        retry_after: float | None = None
+        commit: int | None = None
+        for rec, out in zip(records, outcomes, strict=True):
+            if out.kind == "deferred":
+                stats.deferred += 1
+                if gap is None:
+                    gap, retry_after = rec.offset, out.retry_after
+                continue
+            if gap is not None:
+                # Past the gap: keep created requests (idempotent on retry), drop the rest;
+                # those records are processed again after the seek.
+                if out.kind == "created":
+                    outputs.extend(out.records)
+                continue
+            outputs.extend(out.records)
+            commit = rec.offset + 1
+            stats.consumed += 1  # only committed records count; the rest come back
+            if out.kind == "created":
+                stats.created += 1
+                stats.truncated += int(out.truncated)
+            elif out.kind == "policy":
+                stats.policy += 1
+            elif out.kind == "dlq" and out.reason:
+                stats.dlq[out.reason] = stats.dlq.get(out.reason, 0) + 1
+        return PartitionPlan(commit, gap, retry_after, outputs)
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("ascii", "replace")

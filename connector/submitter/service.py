@@ -1,0 +1,224 @@
+"""The submitter role: input topic → HITL requests, one Kafka transaction per micro-batch.
+
+Owns the Kafka side of the submit path: the consumer group on the input topic, fetching,
+pausing and seeking partitions, and handing each batch's outputs and offsets to the
+checkpoint. What happens to each record is decided in ``submitter.batch``.
+
+Order of one iteration: resume partitions whose pause is over → fetch (plus linger) →
+[lock] process → checkpoint (outputs + offsets in one transaction) → seek back and pause
+partitions with a gap [unlock]. The rebalance listener takes the same lock, so a partition
+is never revoked between its creates and its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from connector.config import Settings
+from connector.kafka.checkpoint import Checkpoint, CheckpointError
+from connector.kafka.clients import make_consumer, make_transactional_producer
+from connector.submitter.batch import BatchProcessor, BatchStats, CreateClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAUSE_SECONDS = 5.0
+MAX_CONSECUTIVE_CHECKPOINT_FAILURES = 5
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: Submitter) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Waits for the batch in progress to commit before the partitions move.
+        async with self._owner.batch_lock:
+            self._owner.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("submitter assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+
+
+class Submitter:
+    """Consumes the input topic and turns each micro-batch into one transaction."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: CreateClient,
+        *,
+        blocked_until: Callable[[], float | None] | None = None,
+        callback_url_for: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self._s = settings
+        self._processor = BatchProcessor(settings, client, callback_url_for=callback_url_for)
+        self._blocked_until = blocked_until or (lambda: None)
+        self.batch_lock = asyncio.Lock()
+        self.stats = BatchStats()
+        self._paused_until: dict[TopicPartition, float] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._checkpoint: Checkpoint | None = None
+        self._stopping = asyncio.Event()
+        self._failures = 0
+        self.batches = 0
+
+    @property
+    def group_id(self) -> str:
+        return self._s.kafka.group_id
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        assert self._consumer is not None, "start() first"
+        return self._consumer
+
+    async def start(self) -> None:
+        kafka = self._s.kafka
+        self._producer = make_transactional_producer(kafka, role="submitter")
+        await self._producer.start()
+        self._checkpoint = Checkpoint(self._producer, self.group_id)
+        self._consumer = make_consumer(
+            kafka,
+            role="submitter",
+            group_id=self.group_id,
+            max_records=self._s.batch.max_records,
+            fetch_max_bytes=self._s.batch.max_bytes,
+        )
+        self._consumer.subscribe([self._s.topics.input], listener=_Rebalance(self))
+        await self._consumer.start()
+        log.info("submitter started on %s (group %s)", self._s.topics.input, self.group_id)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Close the consumer (leaving the group) and the producer; safe to call twice."""
+        self._stopping.set()
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if consumer is not None:
+            await consumer.stop()
+        if producer is not None:
+            await producer.stop()
+
+    def forget(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            self._paused_until.pop(tp, None)
+
+    async def run(self) -> None:
+        """Process batches until ``request_stop``; the batch in progress always finishes."""
+        while not self._stopping.is_set():
+            self._resume_due()
+            batch = await self._fetch()
+            if batch:
+                await self._handle(batch)
+
+    async def _fetch(self) -> dict[TopicPartition, list[Any]]:
+        consumer = self.consumer
+        limit = self._s.batch.max_records
+        batch: dict[TopicPartition, list[Any]] = await consumer.getmany(
+            timeout_ms=200, max_records=limit
+        )
+        count = sum(len(v) for v in batch.values())
+        linger = self._s.batch.linger_ms
+        if batch and linger and count < limit and not self._stopping.is_set():
+            more = await consumer.getmany(timeout_ms=linger, max_records=limit - count)
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+        return batch
+
+    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        consumer = self.consumer
+        assert self._checkpoint is not None
+        async with self.batch_lock:
+            assigned = consumer.assignment()
+            batch = {tp: recs for tp, recs in batch.items() if tp in assigned and recs}
+            if not batch:
+                return
+            stats = BatchStats()
+            plans = await self._processor.process(batch, stats)
+            outputs = [r for plan in plans.values() for r in plan.outputs]
+            offsets = {
+                tp: plan.commit_offset
+                for tp, plan in plans.items()
+                if plan.commit_offset is not None
+            }
+            try:
+                await self._checkpoint.commit(outputs, offsets)
+            except CheckpointError:
+                self._failures += 1
+                if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
+                    raise
+                # Nothing of this batch is committed: read it again from its first record.
+                for tp, records in batch.items():
+                    consumer.seek(tp, records[0].offset)
+                await asyncio.sleep(min(5.0, 0.2 * 2**self._failures))
+                return
+            self._failures = 0
+            self.batches += 1
+            self._merge(stats)
+            for tp, plan in plans.items():
+                if plan.seek_to is not None:
+                    consumer.seek(tp, plan.seek_to)
+                    self._pause(tp, plan.retry_after)
+
+    def _pause(self, tp: TopicPartition, retry_after: float | None) -> None:
+        now = time.monotonic()
+        until = now + (retry_after if retry_after is not None else DEFAULT_PAUSE_SECONDS)
+        blocked = self._blocked_until()
+        if blocked is not None:
+            until = max(until, blocked)
+        until = min(until, now + self._s.kafka.max_poll_interval_ms / 1000)
+        self.consumer.pause(tp)
+        self._paused_until[tp] = until
+        log.info("paused %s-%d for %.1fs (HITL unavailable)", tp.topic, tp.partition, until - now)
+
+    def _resume_due(self) -> None:
+        if not self._paused_until:
+            return
+        now = time.monotonic()
+        due = [tp for tp, until in self._paused_until.items() if until <= now]
+        for tp in due:
+            del self._paused_until[tp]
+            if tp in self.consumer.assignment():
+                self.consumer.resume(tp)
+
+    @property
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused_until)
+
+    def _merge(self, s: BatchStats) -> None:
+        t = self.stats
+        t.consumed += s.consumed
+        t.created += s.created
+        t.policy += s.policy
+        t.deferred += s.deferred
+        t.truncated += s.truncated
+        for reason, n in s.dlq.items():
+            t.dlq[reason] = t.dlq.get(reason, 0) + n
+        if s.consumed:
+            log.debug(
+                "batch: consumed=%d created=%d policy=%d dlq=%s deferred=%d",
+                s.consumed,
+                s.created,
+                s.policy,
+                s.dlq,
+                s.deferred,
+            )
+
+
+async def drain(submitter: Submitter, task: asyncio.Task[None], deadline: float) -> None:
+    """Stop fetching, let the batch in progress commit, then close — within ``deadline``."""
+    submitter.request_stop()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), timeout=deadline)
+    if not task.done():
+        log.warning("submitter batch did not finish within %.1fs; abandoning it", deadline)
+        task.cancel()
+    await submitter.stop()
