@@ -66,11 +66,12 @@ def validate_create_request(body: object) -> Invalid | None:
     for field in REQUIRED_FIELDS:
         if body.get(field) is None:
             return Invalid(field, "Field is required")
-    for field, allowed in (
+    enums: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("processing_type", PROCESSING_TYPES),
         ("type", CONTENT_TYPES),
         ("priority", PRIORITIES),
-    ):
+    )
+    for field, allowed in enums:
         if (bad := _enum(body, field, allowed)) is not None:
             return bad
     text = body["request_text"]
@@ -83,7 +84,8 @@ def validate_create_request(body: object) -> Invalid | None:
         return Invalid("image_url", "image_url is required when type is image")
     if (bad := _check_timeout(body)) is not None:
         return bad
-    for field, allowed in (("response_type", RESPONSE_TYPES), ("platform", PLATFORMS)):
+    enums = (("response_type", RESPONSE_TYPES), ("platform", PLATFORMS))
+    for field, allowed in enums:
         if (bad := _enum(body, field, allowed)) is not None:
             return bad
     if (bad := _check_optionals(body)) is not None:
@@ -152,6 +154,7 @@ def _check_options(config: Mapping[str, Any]) -> Invalid | None:
         return _config_error("options must contain between 1 and 20 items")
     values: set[str] = set()
     for option in options:
+        value: Any
         if isinstance(option, str):
             value = option
             ok = 1 <= len(option) <= 200
@@ -220,7 +223,7 @@ def _check_rating(config: Mapping[str, Any], default: object) -> Invalid | None:
     labels = config.get("labels")
     if labels is not None and not isinstance(labels, dict):
         return _config_error("labels must be an object")
-    if not _is_number(default) or not low <= default <= high:  # type: ignore[operator]
+    if not _is_number(default) or not low <= default <= high:
         return _default_error("default_response must be a number within the rating scale")
     return None
 
@@ -236,7 +239,7 @@ def _check_number(config: Mapping[str, Any], default: object) -> Invalid | None:
     places = config.get("decimal_places", 0)
     if not isinstance(places, int) or isinstance(places, bool) or not 0 <= places <= 10:
         return _config_error("decimal_places must be between 0 and 10")
-    if not _is_number(default) or not low <= default <= high:  # type: ignore[operator]
+    if not _is_number(default) or not low <= default <= high:
         return _default_error("default_response must be a number within the configured range")
     return None
 

@@ -1,0 +1,148 @@
+"""Admin endpoints under ``/sandbox/``: inspect, configure and reset the sandbox.
+
+No auth, no rate limit, not counted as API calls, plain JSON (no HITL envelope):
+
+* ``GET  /sandbox/requests[?status=&loop_id=&api_key_id=]`` → ``{"requests": [...]}``
+* ``GET  /sandbox/requests/{id}`` → ``{"request": {...}}``
+* ``GET  /sandbox/stats`` → counters (see ``stats``)
+* ``GET  /sandbox/calls[?since=<epoch>]`` → ``{"calls": [{ts, method, endpoint, style, status,
+  api_key_id}]}``
+* ``POST /sandbox/loops`` ``{"id"?, "name"?, "api_key"?}`` → 201 ``{"loop": {...}}`` (shared by
+  every key unless ``api_key`` names the owner)
+* ``GET  /sandbox/config`` / ``PUT /sandbox/config`` (partial JSON of runtime options)
+* ``POST /sandbox/reset[?loops=true]`` → clears requests, idempotency keys, stats, calls and
+  rate-limit windows; keeps the configuration (and loops unless ``loops=true``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from connector.sandbox.app import Sandbox, json_response
+from connector.sandbox.options import RUNTIME_FIELDS
+
+
+def _bad(msg: str, data: Any = None) -> Response:
+    return json_response(400, {"error": True, "msg": msg, "data": data})
+
+
+def admin_routes(sandbox: Sandbox) -> list[Route]:
+    state = sandbox.state
+
+    async def list_requests(request: Request) -> Response:
+        q = request.query_params
+        filters = {k: q.get(k) for k in ("status", "loop_id", "api_key_id")}
+        records = [
+            r.admin()
+            for r in state.requests.values()
+            if (filters["status"] is None or r.status == filters["status"])
+            and (filters["loop_id"] is None or r.loop_id == filters["loop_id"])
+            and (filters["api_key_id"] is None or r.key_id == filters["api_key_id"])
+        ]
+        return json_response(200, {"requests": records})
+
+    async def get_request(request: Request) -> Response:
+        record = state.requests.get(request.path_params["request_id"])
+        if record is None:
+            return json_response(404, {"error": True, "msg": "Request not found"})
+        return json_response(200, {"request": record.admin()})
+
+    async def stats(request: Request) -> Response:
+        s = state.stats
+        counts = state.status_counts()
+        body = {
+            "creates": s.creates,
+            "requests_total": len(state.requests),
+            "pending": counts["pending"],
+            "by_status": counts,
+            "cancels": s.cancels,
+            "api_calls_total": sum(sum(v.values()) for v in s.api_calls.values()),
+            "api_calls": s.api_calls,
+            "rate_limited": s.rate_limited,
+            "idempotent_replays": s.idempotent_replays,
+            "unknown_fields": s.unknown_fields,
+            "errors_injected": s.errors_injected,
+            "loops": len(state.loops),
+        }
+        return json_response(200, body)
+
+    async def calls(request: Request) -> Response:
+        since = float(request.query_params.get("since", "0") or 0)
+        rows = [
+            {
+                "ts": ts,
+                "method": method,
+                "endpoint": endpoint,
+                "style": style,
+                "status": status,
+                "api_key_id": key_id,
+            }
+            for ts, method, endpoint, style, status, key_id in state.calls
+            if ts >= since
+        ]
+        return json_response(200, {"calls": rows})
+
+    async def create_loop(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            return _bad("Invalid request body")
+        if not isinstance(body, dict):
+            return _bad("Invalid request body")
+        api_key = body.get("api_key")
+        loop = state.add_loop(
+            sandbox.clock(),
+            loop_id=body.get("id") or None,
+            owner=sandbox.key_id(api_key) if api_key else None,
+            name=body.get("name") or "Sandbox loop",
+            description=body.get("description") or "",
+            icon=body.get("icon") or "🧪",
+        )
+        return json_response(201, {"loop": loop.public(), "owner_key_id": loop.owner})
+
+    def config_body() -> dict[str, Any]:
+        body = sandbox.options.model_dump(mode="json")
+        body["outage_until"] = sandbox.faults.outage_until or None
+        return body
+
+    async def get_config(request: Request) -> Response:
+        return json_response(200, config_body())
+
+    async def put_config(request: Request) -> Response:
+        try:
+            patch = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _bad("Invalid request body")
+        if not isinstance(patch, dict):
+            return _bad("Invalid request body")
+        fixed = sorted(set(patch) - RUNTIME_FIELDS)
+        if fixed:
+            return _bad("Not changeable at runtime", {"fields": fixed})
+        try:
+            sandbox.reconfigure(patch)
+        except ValidationError as exc:
+            return _bad("Invalid configuration", orjson.loads(exc.json()))
+        return json_response(200, config_body())
+
+    async def reset(request: Request) -> Response:
+        state.reset(drop_loops=request.query_params.get("loops") == "true")
+        sandbox.limiter.reset()
+        return json_response(200, {"reset": True})
+
+    return [
+        Route("/sandbox/requests", list_requests, methods=["GET"]),
+        Route("/sandbox/requests/{request_id}", get_request, methods=["GET"]),
+        Route("/sandbox/stats", stats, methods=["GET"]),
+        Route("/sandbox/calls", calls, methods=["GET"]),
+        Route("/sandbox/loops", create_loop, methods=["POST"]),
+        Route("/sandbox/config", get_config, methods=["GET"]),
+        Route("/sandbox/config", put_config, methods=["PUT"]),
+        Route("/sandbox/reset", reset, methods=["POST"]),
+    ]

@@ -1,0 +1,195 @@
+"""Assemble and run the sandbox: ``create_app``, a background ``SandboxServer`` for tests,
+blocking ``serve`` and the argparse glue for ``hitl-connector sandbox``.
+
+``SandboxServer`` runs uvicorn on its own event loop in a daemon thread, on a real loopback
+socket (port 0 picks a free one). Talk to it over HTTP only: the store belongs to that loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from connector.sandbox.admin import admin_routes
+from connector.sandbox.app import Clock, Sandbox, error
+from connector.sandbox.options import SandboxOptions
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    msg = "Not found" if exc.status_code == 404 else exc.detail
+    return error(exc.status_code, msg, headers=dict(exc.headers or {}))
+
+
+def create_app(options: SandboxOptions | None = None, clock: Clock = time.time) -> Starlette:
+    """Build the sandbox ASGI app; ``app.state.sandbox`` is the ``Sandbox`` behind it."""
+    sandbox = Sandbox(options or SandboxOptions(), clock)
+    app = Starlette(
+        routes=[*admin_routes(sandbox), *sandbox.api_routes()],
+        exception_handlers={404: _http_error, 405: _http_error},
+    )
+    app.state.sandbox = sandbox
+    return app
+
+
+def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        ws="none",
+        server_header=False,
+        timeout_keep_alive=30,
+    )
+
+
+class SandboxServer:
+    """The sandbox on ``127.0.0.1:<port>`` in a background thread; ``with`` starts and stops."""
+
+    def __init__(
+        self,
+        options: SandboxOptions | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        log_level: str = "warning",
+    ) -> None:
+        self.options = options or SandboxOptions()
+        self.host = host
+        self.port = port
+        self.app = create_app(self.options)
+        self._log_level = log_level
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self._thread is not None:
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        server = uvicorn.Server(_config(self.app, self.host, self.port, self._log_level))
+        self._server = server
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(server.serve(sockets=[sock]))
+            finally:
+                loop.close()
+                sock.close()
+
+        self._thread = threading.Thread(target=run, name=f"sandbox:{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"sandbox did not start on {self.url}")
+            time.sleep(0.005)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and join the thread; safe to call twice."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._server = self._thread = None
+
+    def __enter__(self) -> SandboxServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def serve(options: SandboxOptions | None = None, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Run the sandbox in the foreground until interrupted (the CLI entry point)."""
+    uvicorn.Server(_config(create_app(options), host, port, "info")).run()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``hitl-connector sandbox``; pair with ``options_from_args``."""
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    add("--port", type=int, default=8765, help="listen port (default 8765)")
+    add(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        default=[],
+        metavar="KEY",
+        help="accept only this key (repeatable; default: any non-empty key)",
+    )
+    add(
+        "--preset-loop",
+        action="append",
+        dest="preset_loops",
+        default=[],
+        metavar="ID",
+        help="create a loop with this id, usable by every key (repeatable)",
+    )
+    add("--loop-members", type=int, default=3, help="active members per loop (default 3)")
+    add("--rate-limit-calls", type=int, default=None, help="calls per window per key")
+    add("--rate-limit-window-seconds", type=int, default=3600, help="window length (default 3600)")
+    add("--rate-limit-retry-after", action="store_true", help="send Retry-After on 429")
+    add("--refund-on-cancel", action="store_true", help="cancel of a pending request refunds")
+    add("--ignore-idempotency", action="store_true", help="ignore Idempotency-Key headers")
+    add("--latency-ms", type=float, default=0.0, help="added latency per API call")
+    add("--latency-max-ms", type=float, default=None, help="random latency up to this")
+    add("--error-rate", type=float, default=0.0, help="share of API calls answered 500")
+    add("--outage-seconds", type=float, default=0.0, help="answer 503 for this long from start")
+    add("--outage-retry-after", type=int, default=5, help="Retry-After seconds during outage")
+    add("--outage-retry-after-http-date", action="store_true", help="Retry-After as HTTP-date")
+    add("--reject-marker", default=None, help="creates whose text contains this get 400")
+    add("--reject-msg", default="Validation failed", help="msg of the reject rule's 400")
+    add("--ambiguous-marker", default=None, help="creates with this text: stored, then dropped")
+    add("--ambiguous-rate", type=float, default=0.0, help="share of creates stored then dropped")
+    add("--seed", type=int, default=None, help="random seed for fault injection")
+
+
+def options_from_args(args: argparse.Namespace) -> SandboxOptions:
+    return SandboxOptions(
+        api_keys=tuple(args.api_keys),
+        preset_loops=tuple(args.preset_loops),
+        loop_members=args.loop_members,
+        rate_limit_calls=args.rate_limit_calls,
+        rate_limit_window_seconds=args.rate_limit_window_seconds,
+        rate_limit_retry_after=args.rate_limit_retry_after,
+        refund_on_cancel=args.refund_on_cancel,
+        honour_idempotency=not args.ignore_idempotency,
+        latency_ms=args.latency_ms,
+        latency_max_ms=args.latency_max_ms,
+        error_rate=args.error_rate,
+        outage_seconds=args.outage_seconds,
+        outage_retry_after=args.outage_retry_after,
+        outage_retry_after_http_date=args.outage_retry_after_http_date,
+        reject_marker=args.reject_marker,
+        reject_msg=args.reject_msg,
+        ambiguous_marker=args.ambiguous_marker,
+        ambiguous_rate=args.ambiguous_rate,
+        seed=args.seed,
+    )
