@@ -47,33 +47,42 @@ def check_runnable(settings: Settings, roles: Iterable[str]) -> None:
         )
 
 
-async def run_app(settings: Settings, role: str = "all", stop: asyncio.Event | None = None) -> int:
-    """Run the chosen roles until SIGTERM/SIGINT (or ``stop``); returns an exit code."""
-    roles = resolve_roles(role)
-    check_runnable(settings, roles)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await ensure_topics(settings, create=settings.topics.create)
-    client = HitlClient(settings.hitl)
-    await client.start()
-    submitter = Submitter(settings, client, blocked_until=client.blocked_until)
-    try:
-        await submitter.start()
-        task = asyncio.create_task(submitter.run(), name="submitter")
+class ConnectorApp:
+    """The roles of one process, started and stopped in a fixed order."""
+
+    def __init__(self, settings: Settings, role: str = "all") -> None:
+        self.settings = settings
+        self.roles = resolve_roles(role)
+        check_runnable(settings, self.roles)
+        self.client = HitlClient(settings.hitl)
+        self.submitter = Submitter(settings, self.client, blocked_until=self.client.blocked_until)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings, create=self.settings.topics.create)
+        await self.client.start()
+        await self.submitter.start()
+        self._task = asyncio.create_task(self.submitter.run(), name="submitter")
+
+    async def wait(self, stop: asyncio.Event) -> bool:
+        """Until ``stop`` is set (True) or a role fails (False)."""
+        assert self._task is not None, "start() first"
         stopper = asyncio.create_task(stop.wait(), name="stop-signal")
-        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done and task.exception() is not None:
-            log.error("submitter failed: %s", task.exception())
-            stopper.cancel()
-            await submitter.stop()
-            return 1
+        done, _ = await asyncio.wait({self._task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        log.info("stopping: finishing the batch in progress")
-        await drain(submitter, task, settings.batch.shutdown_deadline_seconds)
-        s = submitter.stats
+        if self._task in done and self._task.exception() is not None:
+            log.error("submitter failed: %s", self._task.exception())
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Drain within the shutdown deadline, then close everything; safe to call twice."""
+        if self._task is not None and not self._task.done():
+            log.info("stopping: finishing the batch in progress")
+            await drain(self.submitter, self._task, self.settings.batch.shutdown_deadline_seconds)
+        await self.submitter.stop()
+        await self.client.stop()
+        s = self.submitter.stats
         log.info(
             "stopped: consumed=%d created=%d policy=%d dlq=%s",
             s.consumed,
@@ -81,10 +90,22 @@ async def run_app(settings: Settings, role: str = "all", stop: asyncio.Event | N
             s.policy,
             s.dlq,
         )
-        return 0
+
+
+async def run_app(settings: Settings, role: str = "all", stop: asyncio.Event | None = None) -> int:
+    """Run the chosen roles until SIGTERM/SIGINT (or ``stop``); returns an exit code."""
+    app = ConnectorApp(settings, role)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+        ok = await app.wait(stop)
+        return 0 if ok else 1
     finally:
-        await submitter.stop()
-        await client.stop()
+        await app.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)

@@ -73,6 +73,10 @@ _BASE_PROPERTIES: dict[str, str] = {
     "group.initial.rebalance.delay.ms": "0",
     # Deterministic tests: topics exist only when someone created them on purpose.
     "auto.create.topics.enable": "false",
+    # After a SIGKILL the controller refuses the new incarnation (DUPLICATE_BROKER_REGISTRATION)
+    # until the old one's session expires (default 9 s); shorter keeps crash tests quick.
+    "broker.session.timeout.ms": "4000",
+    "broker.heartbeat.interval.ms": "1000",
     # Abandoned transactions (e.g. a killed producer in chaos tests) are aborted sooner.
     "transaction.abort.timed.out.transaction.cleanup.interval.ms": "5000",
 }
@@ -215,8 +219,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 22 chars of base64url, never starting with ``-`` (read as a flag)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 # --- the broker ---------------------------------------------------------------------------
@@ -411,7 +419,7 @@ class DevKafka:
     def _format(self) -> None:
         cmd = self._java_command(
             "kafka.tools.StorageTool",
-            *("format", "-t", _cluster_id(), "-c", str(self._properties_path())),
+            *("format", "-t", new_cluster_id(), "-c", str(self._properties_path())),
             heap="256m",
         )
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603

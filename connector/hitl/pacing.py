@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from connector.config import HitlSettings
 from connector.errors import HitlUnavailableError
@@ -101,8 +101,8 @@ class ApiPacer:
         """The server's last known ``remaining`` for the current window, if any."""
         return self._remaining
 
-    def _decide(self, now: float) -> float | None | Literal[True]:
-        """True: grant now. A float: nothing before that monotonic time. None: wait for a release."""
+    def _decide(self, now: float) -> float | Literal[True] | None:
+        """True: grant now. A float: not before that monotonic time. None: await a release."""
         if now < self._barrier:
             return self._barrier
         if self._in_flight >= self._max_in_flight:
@@ -143,6 +143,7 @@ class ApiPacer:
             if decision is True:
                 self._in_flight += 1
                 return True
+            wake: float | None
             if deadline is not None:
                 if now >= deadline or (decision is not None and decision > deadline):
                     return False
@@ -154,7 +155,7 @@ class ApiPacer:
     async def _wait(self, changed: asyncio.Event, delay: float | None) -> None:
         """Until ``changed`` is set or ``delay`` passes, whichever is first."""
         waiter = asyncio.ensure_future(changed.wait())
-        tasks: set[asyncio.Future[object]] = {waiter}
+        tasks: set[asyncio.Future[Any]] = {waiter}
         if delay is not None:
             tasks.add(asyncio.ensure_future(self.clock.sleep(max(0.0, delay))))
         try:
@@ -263,12 +264,8 @@ class CircuitBreaker:
         self._listeners: list[Callable[[CircuitState], object]] = []
 
     @classmethod
-    def from_settings(
-        cls, settings: HitlSettings, *, clock: Clock | None = None
-    ) -> CircuitBreaker:
-        return cls(
-            settings.circuit_failure_threshold, settings.circuit_open_seconds, clock=clock
-        )
+    def from_settings(cls, settings: HitlSettings, *, clock: Clock | None = None) -> CircuitBreaker:
+        return cls(settings.circuit_failure_threshold, settings.circuit_open_seconds, clock=clock)
 
     @property
     def state(self) -> CircuitState:
@@ -335,4 +332,3 @@ class CircuitBreaker:
         """The call never got an answer (cancelled); let another caller probe."""
         if probe:
             self._probe_out = False
-

@@ -13,7 +13,7 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -44,7 +44,7 @@ def _parse_http_date(text: str) -> float | None:
     try:
         parsed = parsedate_to_datetime(text)
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         stamp = parsed.timestamp()
     except _PARSE_ERRORS:
         return None
@@ -55,7 +55,7 @@ def _parse_iso(text: str) -> float | None:
     try:
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
     except _PARSE_ERRORS:
         return None

@@ -7,8 +7,9 @@ No auth, no rate limit, not counted as API calls, plain JSON (no HITL envelope):
 * ``GET  /sandbox/stats`` → counters (see ``stats``)
 * ``GET  /sandbox/calls[?since=<epoch>]`` → ``{"calls": [{ts, method, endpoint, style, status,
   api_key_id}]}``
-* ``POST /sandbox/loops`` ``{"id"?, "name"?, "api_key"?}`` → 201 ``{"loop": {...}}`` (shared by
-  every key unless ``api_key`` names the owner)
+* ``POST /sandbox/loops`` ``{"id"?, "name"?, "api_key"?}`` → 201 ``{"loop": {...},
+  "owner_key_id"}`` (shared by every key unless ``api_key`` names the owner; 200 with the
+  existing loop if ``id`` is taken)
 * ``GET  /sandbox/config`` / ``PUT /sandbox/config`` (partial JSON of runtime options)
 * ``POST /sandbox/reset[?loops=true]`` → clears requests, idempotency keys, stats, calls and
   rate-limit windows; keeps the configuration (and loops unless ``loops=true``).
@@ -96,6 +97,9 @@ def admin_routes(sandbox: Sandbox) -> list[Route]:
             return _bad("Invalid request body")
         if not isinstance(body, dict):
             return _bad("Invalid request body")
+        existing = state.loops.get(body.get("id") or "")
+        if existing is not None:
+            return json_response(200, {"loop": existing.public(), "owner_key_id": existing.owner})
         api_key = body.get("api_key")
         loop = state.add_loop(
             sandbox.clock(),

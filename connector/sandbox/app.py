@@ -19,6 +19,7 @@ in ``admin.py``; ``server.py`` assembles the app and runs it.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -137,39 +138,40 @@ class Sandbox:
         self, method: str, template: str, style: str, handler: Handler
     ) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
-            response, key_id = await self.call(request, handler)
-            self.state.record_call(
-                self.clock(), method, template, style, response.status_code, key_id
-            )
+            response, key_id, arrived = await self.call(request, handler)
+            self.state.record_call(arrived, method, template, style, response.status_code, key_id)
             return response
 
         return run
 
-    async def call(self, request: Request, handler: Handler) -> tuple[Response, str | None]:
+    async def call(self, request: Request, handler: Handler) -> tuple[Response, str | None, float]:
+        """Run the pipeline; returns the response, the caller's key id and the arrival time
+        (after injected latency: the instant the rate limiter counted the call)."""
         delay = self.faults.latency_seconds()
         if delay > 0:
             await asyncio.sleep(delay)
+        now = self.clock()
         stats = self.state.stats
-        retry_after = self.faults.outage_retry_after(self.clock())
+        retry_after = self.faults.outage_retry_after(now)
         if retry_after is not None:
             stats.bump(stats.errors_injected, "outage_503")
             headers = {"Retry-After": retry_after}
-            return error(503, "Service temporarily unavailable", headers=headers), None
+            return error(503, "Service temporarily unavailable", headers=headers), None, now
         auth = self.authenticate(request)
         if isinstance(auth, Response):
-            return auth, None
-        decision = self.limiter.hit(auth)
+            return auth, None, now
+        decision = self.limiter.hit(auth, now)
         if decision is not None and not decision.allowed:
             headers = decision.headers()
             if self.options.rate_limit_retry_after:
-                headers["Retry-After"] = str(max(0, int(decision.reset - self.clock() + 0.999)))
+                headers["Retry-After"] = str(max(0, math.ceil(decision.reset - now)))
             data = {
                 "usage_count": decision.used,
                 "usage_limit": decision.limit,
                 "remaining": 0,
                 "reset_at": iso(decision.reset),
             }
-            return error(429, "API rate limit exceeded", data, headers), auth
+            return error(429, "API rate limit exceeded", data, headers), auth, now
         if self.faults.inject_error():
             stats.bump(stats.errors_injected, "error_500")
             response = error(500, "Internal server error")
@@ -177,7 +179,7 @@ class Sandbox:
             response = await handler(request, Caller(auth))
         if decision is not None:
             response.headers.update(decision.headers())
-        return response, auth
+        return response, auth, now
 
     # ---- requests -------------------------------------------------------------------------
 

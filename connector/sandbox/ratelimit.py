@@ -50,11 +50,11 @@ class FixedWindowLimiter:
         self._clock = clock
         self._windows: dict[str, tuple[int, int]] = {}  # key -> (window index, used)
 
-    def hit(self, key: str) -> RateDecision | None:
-        """Count one call for ``key``; None when unlimited."""
+    def hit(self, key: str, now: float | None = None) -> RateDecision | None:
+        """Count one call for ``key`` at ``now`` (default: the clock); None when unlimited."""
         if self.calls is None:
             return None
-        index = math.floor(self._clock() / self.window_seconds)
+        index = math.floor((self._clock() if now is None else now) / self.window_seconds)
         current, used = self._windows.get(key, (index, 0))
         if current != index:
             used = 0

@@ -1,0 +1,167 @@
+"""Helpers for integration tests: settings for a run, producing, reading topics, waiting.
+
+Everything here talks to the real broker and real HTTP servers; nothing is faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from connector.config import Settings
+
+API_KEY = "hitl_test_key"
+
+
+def run_settings(
+    bootstrap: str, sandbox_url: str, *, loop_id: str = "loop-test", **sections: Any
+) -> Settings:
+    """Settings with unique topics and group for one test, pointed at the sandbox."""
+    run = uuid.uuid4().hex[:10]
+    data: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": f"g-{run}",
+            "instance_id": f"i-{run}",
+            "session_timeout_ms": 10_000,
+        },
+        "topics": {
+            "input": f"in-{run}",
+            "output": f"out-{run}",
+            "dlq": f"dlq-{run}",
+            "requests": f"req-{run}",
+            "callbacks": f"cb-{run}",
+            "unmatched": f"unm-{run}",
+            "escalations": f"esc-{run}",
+            "partitions": 3,
+            "internal_partitions": 3,
+        },
+        "hitl": {"base_url": f"{sandbox_url}/v1", "api_key": API_KEY},
+        "loops": {"default": loop_id},
+        "batch": {"linger_ms": 20},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return Settings(**data)
+
+
+async def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(futures)
+
+
+@dataclass
+class Snapshot:
+    end: dict[int, int]
+    committed: dict[int, int]
+
+    @property
+    def done(self) -> bool:
+        return all(self.committed.get(p, 0) >= e for p, e in self.end.items())
+
+    @property
+    def total_end(self) -> int:
+        return sum(self.end.values())
+
+    @property
+    def total_committed(self) -> int:
+        return sum(self.committed.values())
+
+
+async def offsets(bootstrap: str, group: str, topic: str) -> Snapshot:
+    """End offsets of ``topic`` and the group's committed offsets, per partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - test helper
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        end = await consumer.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return Snapshot(
+        {tp.partition: off for tp, off in end.items()},
+        {tp.partition: meta.offset for tp, meta in committed.items() if meta.offset >= 0},
+    )
+
+
+async def read_all(bootstrap: str, topic: str, *, timeout: float = 10.0) -> list[Any]:
+    """Every committed record of ``topic`` (read_committed), up to the current end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - test helper
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            positions = {tp: await consumer.position(tp) for tp in tps}
+            if all(positions[tp] >= end[tp] for tp in tps):
+                break
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.25, what: str = ""
+) -> float:
+    """Poll ``check`` until true; returns the seconds it took. Fails the test on timeout."""
+    start = time.monotonic()
+    while True:
+        if await check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        await asyncio.sleep(interval)
+
+
+def sandbox_get(url: str, path: str, **params: Any) -> Any:
+    return httpx.get(f"{url}{path}", params=params, timeout=10).json()
+
+
+def sandbox_put_config(url: str, **changes: Any) -> Any:
+    response = httpx.put(f"{url}/sandbox/config", json=changes, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def header(record: Any, name: str) -> bytes | None:
+    for key, value in record.headers or ():
+        if key == name:
+            return bytes(value)
+    return None
