@@ -35,8 +35,10 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from connector.errors import KafkaSetupError
 
@@ -292,12 +294,7 @@ class DevKafka:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     async def start(self) -> None:
@@ -322,7 +319,8 @@ class DevKafka:
                 proc.send_signal(signal.SIGCONT)  # a paused JVM cannot act on SIGTERM
                 proc.terminate()
             deadline = time.monotonic() + self.stop_timeout
-            while proc.poll() is None and time.monotonic() < deadline:
+            # Polling: a Popen child has no awaitable exit, and Popen keeps kill() synchronous.
+            while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         self.kill()
 
@@ -356,7 +354,7 @@ class DevKafka:
         proc = self._proc
         if proc is None:
             return 0
-        while (code := proc.poll()) is None:
+        while (code := proc.poll()) is None:  # noqa: ASYNC110 - see stop()
             await asyncio.sleep(0.2)
         return code
 
@@ -472,9 +470,6 @@ class DevKafka:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-        from aiokafka.admin import AIOKafkaAdminClient
-        from aiokafka.errors import KafkaError
-
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5000
         )

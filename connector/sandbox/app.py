@@ -402,15 +402,16 @@ class Sandbox:
         return ok(200, "API key is valid", data)
 
     def api_routes(self) -> list[Route]:
+        # Hot routes first: the router tries routes in order.
         table: list[tuple[str, str, Handler]] = [
+            ("POST", "/loops/{loop_id}/requests", self.create_request),
+            ("GET", "/requests/{request_id}", self.get_request),
+            ("GET", "/requests", self.list_requests),
+            ("DELETE", "/requests/{request_id}", self.cancel_request),
             ("POST", "/loops", self.create_loop),
             ("GET", "/loops", self.list_loops),
             ("GET", "/loops/{loop_id}", self.get_loop),
-            ("POST", "/loops/{loop_id}/requests", self.create_request),
             ("GET", "/loops/{loop_id}/requests", self.list_loop_requests),
-            ("GET", "/requests", self.list_requests),
-            ("GET", "/requests/{request_id}", self.get_request),
-            ("DELETE", "/requests/{request_id}", self.cancel_request),
         ]
         routes = [
             Route("/v1/test", self.endpoint("GET", "/test", "test", self.test_key), methods=["GET"])

@@ -8,7 +8,6 @@ socket (port 0 picks a free one). Talk to it over HTTP only: the store belongs t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
 import threading
 import time
@@ -35,7 +34,7 @@ def create_app(options: SandboxOptions | None = None, clock: Clock = time.time) 
     """Build the sandbox ASGI app; ``app.state.sandbox`` is the ``Sandbox`` behind it."""
     sandbox = Sandbox(options or SandboxOptions(), clock)
     app = Starlette(
-        routes=[*admin_routes(sandbox), *sandbox.api_routes()],
+        routes=[*sandbox.api_routes(), *admin_routes(sandbox)],
         exception_handlers={404: _http_error, 405: _http_error},
     )
     app.state.sandbox = sandbox
@@ -82,7 +81,9 @@ class SandboxServer:
     def start(self, timeout: float = 10.0) -> None:
         if self._thread is not None:
             return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets whose
+        # proto says TCP, and without it every response stalls ~40 ms on delayed ACKs.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
@@ -90,11 +91,9 @@ class SandboxServer:
         self._server = server
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
             try:
-                loop.run_until_complete(server.serve(sockets=[sock]))
+                server.run(sockets=[sock])  # its own event loop (uvloop when installed)
             finally:
-                loop.close()
                 sock.close()
 
         self._thread = threading.Thread(target=run, name=f"sandbox:{self.port}", daemon=True)

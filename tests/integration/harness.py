@@ -44,7 +44,13 @@ def run_settings(
             "partitions": 3,
             "internal_partitions": 3,
         },
-        "hitl": {"base_url": f"{sandbox_url}/v1", "api_key": API_KEY},
+        # The sandbox is unlimited unless a test limits it; so is the connector then.
+        "hitl": {
+            "base_url": f"{sandbox_url}/v1",
+            "api_key": API_KEY,
+            "rate_limit_calls": 1_000_000,
+            "rate_limit_window_seconds": 1,
+        },
         "loops": {"default": loop_id},
         "batch": {"linger_ms": 20},
     }

@@ -33,7 +33,9 @@ def _consumer(bootstrap: str, *topics: str, **overrides: object) -> AIOKafkaCons
     return AIOKafkaConsumer(*topics, **settings)
 
 
-async def _read(consumer: AIOKafkaConsumer, count: int, timeout: float = 30) -> list[ConsumerRecord]:
+async def _read(
+    consumer: AIOKafkaConsumer, count: int, timeout: float = 30
+) -> list[ConsumerRecord]:
     """Read until ``count`` records arrived (fails after ``timeout`` seconds)."""
     records: list[ConsumerRecord] = []
     async with asyncio.timeout(timeout):
@@ -69,7 +71,9 @@ def _java_processes_using(data_dir: Path) -> list[int]:
     return pids
 
 
-async def test_produce_consume_round_trip(kafka_bootstrap: str, topic_factory: TopicFactory) -> None:
+async def test_produce_consume_round_trip(
+    kafka_bootstrap: str, topic_factory: TopicFactory
+) -> None:
     topic = await topic_factory("roundtrip", partitions=3)
     await _produce(kafka_bootstrap, topic, 30)
 

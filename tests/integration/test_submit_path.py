@@ -160,7 +160,7 @@ async def test_2000_events_each_end_in_exactly_one_place(
     assert all(r.value == by_key[r.key] for r in dlq), "DLQ must keep the original bytes"
     rows = {orjson.loads(r.value)["request_id"]: orjson.loads(r.value) for r in table}
     assert {row["event_id"] for row in rows.values()} == want_created
-    assert {r["request_id"] for r in requests} == set(rows)
+    assert {r["id"] for r in requests} == set(rows)
     long_texts = [r for r in requests if "truncated by hitl-connector" in r["request_text"]]
     assert len(long_texts) == 100 and all(len(r["request_text"]) == 2000 for r in long_texts)
     assert app.submitter.stats.truncated == 100

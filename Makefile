@@ -1,0 +1,36 @@
+# Developer and CI entry points. `make test` needs only Python 3.11+, Java 17+ and Maven
+# (or KAFKA_HOME); it installs the rest into .venv and deploy/kafka/lib, and starts its own
+# Kafka broker. `.ci/run` runs `make test`.
+
+PYTHON ?= $(or $(shell command -v python3.11 2>/dev/null),python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+
+.PHONY: venv kafka lint test clean
+
+venv: $(VENV_STAMP)
+
+# Re-runs only when the dependency declarations change.
+$(VENV_STAMP): pyproject.toml requirements.lock
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[dev]' -c requirements.lock
+	touch $@
+
+# Kafka jars from deploy/kafka/pom.xml (cached by the pom's hash), or KAFKA_HOME; same code
+# path as `hitl-connector dev-kafka` and the test fixtures.
+kafka: venv
+	$(VPY) -m connector.devkafka --resolve-only
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: venv kafka lint
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) deploy/kafka/lib deploy/kafka/lib.tmp-* .pytest_cache .mypy_cache \
+		.ruff_cache .hypothesis
