@@ -11,6 +11,10 @@ Every API call goes through ``Sandbox.call`` in this order:
 5. error rate → 500 ``Internal server error`` (counted, nothing changed);
 6. the endpoint itself.
 
+``Idempotency-Key`` (create only, when ``honour_idempotency``): successful creates are
+remembered per (API key, idempotency key); a repeat returns the stored 201 body byte for byte
+(whatever its body) and creates nothing. Failed creates are not remembered.
+
 Authenticated responses carry ``X-RateLimit-Limit/Remaining/Reset`` when a limit is set.
 Every call (any status) is counted in stats and appended to the call log. Admin routes live
 in ``admin.py``; ``server.py`` assembles the app and runs it.

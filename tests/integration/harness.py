@@ -97,7 +97,7 @@ async def offsets(bootstrap: str, group: str, topic: str) -> Snapshot:
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - test helper
+            await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         end = await consumer.end_offsets(tps)
@@ -123,7 +123,7 @@ async def read_all(bootstrap: str, topic: str, *, timeout: float = 10.0) -> list
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - test helper
+            await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
