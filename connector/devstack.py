@@ -1,0 +1,198 @@
+"""The local stack behind ``make run``: broker, sandbox, connector and a load generator.
+
+Starts each piece as its own process (the broker through ``DevKafka``, the rest through the
+``hitl-connector`` CLI), prints progress every few seconds, and on Ctrl-C/SIGTERM stops them
+in reverse order and prints a summary. With ``--bootstrap`` it uses a running broker instead.
+Owns process supervision only; every piece it starts is the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from connector.devkafka import DevKafka
+
+DEV_KEY = "hitl_dev_key"
+DEV_LOOP = "local-loop"
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "connector.cli", *args]
+
+
+async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        out: dict[str, int] = {}
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = await consumer.end_offsets(tps) if tps else {}
+            out[topic] = sum(ends.values())
+        return out
+    finally:
+        await consumer.stop()
+
+
+class DevStack:
+    """Supervises the local stack's processes."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.var = Path(args.data_dir)
+        self.var.mkdir(parents=True, exist_ok=True)
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.broker: DevKafka | None = None
+        self.started = time.monotonic()
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        log = (self.var / f"{name}.log").open("ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs.append((name, proc))
+
+    def _config(self, bootstrap: str) -> Path:
+        cfg = {
+            "kafka": {"bootstrap_servers": bootstrap, "instance_id": "local"},
+            "hitl": {
+                "base_url": f"http://127.0.0.1:{self.args.sandbox_port}/v1",
+                "rate_limit_calls": self.args.rate_limit,
+                "rate_limit_window_seconds": 60,
+            },
+            "loops": {"default": DEV_LOOP},
+            "policy": {"enabled": True},
+            "log": {"format": "json"},
+        }
+        path = self.var / "connector.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    async def start(self) -> str:
+        bootstrap = self.args.bootstrap
+        if not bootstrap:
+            self.broker = DevKafka(self.var / "kafka", port=self.args.kafka_port)
+            print(f"starting Kafka (data in {self.var / 'kafka'}) …", flush=True)
+            await self.broker.start()
+            bootstrap = self.broker.bootstrap_servers
+        print(f"Kafka at {bootstrap}", flush=True)
+        self._spawn(
+            "sandbox",
+            _cli(
+                "sandbox",
+                "--port",
+                str(self.args.sandbox_port),
+                "--preset-loop",
+                DEV_LOOP,
+                "--rate-limit-calls",
+                str(self.args.rate_limit),
+                "--rate-limit-window-seconds",
+                "60",
+            ),
+        )
+        env = {**os.environ, "HITL_API_KEY": DEV_KEY}
+        self._spawn("connector", _cli("run", "--config", str(self._config(bootstrap))), env)
+        await asyncio.sleep(3)
+        self._spawn(
+            "loadgen",
+            _cli(
+                "loadgen",
+                "--bootstrap",
+                bootstrap,
+                "--rate",
+                str(self.args.rate),
+                "--count",
+                str(self.args.count),
+                "--bad-share",
+                "0.05",
+            ),
+        )
+        return bootstrap
+
+    async def progress(self, bootstrap: str) -> str:
+        topics = ["content.events", "content.decisions", "content.events.dlq", "hitl.requests"]
+        ends = await _end_offsets(bootstrap, topics)
+        try:
+            stats: dict[str, Any] = httpx.get(
+                f"http://127.0.0.1:{self.args.sandbox_port}/sandbox/stats", timeout=2
+            ).json()
+        except httpx.HTTPError:
+            stats = {}
+        return (
+            f"[{time.monotonic() - self.started:6.0f}s] events in={ends['content.events']} "
+            f"requests={ends['hitl.requests']} pending={stats.get('pending', '?')} "
+            f"decisions out={ends['content.decisions']} dlq={ends['content.events.dlq']} "
+            f"api calls={stats.get('api_calls_total', '?')} 429s={stats.get('rate_limited', '?')}"
+        )
+
+    async def stop(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.broker is not None:
+            await self.broker.stop()
+
+
+async def run(args: argparse.Namespace) -> int:
+    stack = DevStack(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        bootstrap = await stack.start()
+        print("running; Ctrl-C stops everything. Logs in", stack.var, flush=True)
+        line = ""
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                line = await stack.progress(bootstrap)
+                print(line, flush=True)
+            for name, proc in stack.procs:
+                if name != "loadgen" and proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; see {stack.var}/{name}.log")
+                    stop.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=args.interval)
+        print("\nstopping …", flush=True)
+        print("summary:", line)
+        return 0
+    finally:
+        await stack.stop()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", help="use this Kafka instead of starting a local broker")
+    p.add_argument("--kafka-port", type=int, default=9092)
+    p.add_argument("--sandbox-port", type=int, default=8765)
+    p.add_argument("--rate", type=float, default=5.0, help="events per second from loadgen")
+    p.add_argument("--count", type=int, default=1_000_000, help="events loadgen produces")
+    p.add_argument("--rate-limit", type=int, default=6000, help="sandbox calls per minute")
+    p.add_argument("--interval", type=float, default=3.0, help="seconds between progress lines")
+    p.add_argument("--data-dir", default="var/devstack", help="logs and broker data")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
