@@ -61,7 +61,8 @@ class DevStack:
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.var / f"{name}.log").open("ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # Our own CLI with arguments we built; no shell, no outside input.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
         self.procs.append((name, proc))
 
     def _config(self, bootstrap: str) -> Path:
@@ -125,9 +126,11 @@ class DevStack:
         topics = ["content.events", "content.decisions", "content.events.dlq", "hitl.requests"]
         ends = await _end_offsets(bootstrap, topics)
         try:
-            stats: dict[str, Any] = httpx.get(
-                f"http://127.0.0.1:{self.args.sandbox_port}/sandbox/stats", timeout=2
-            ).json()
+            async with httpx.AsyncClient(timeout=2) as http:
+                response = await http.get(
+                    f"http://127.0.0.1:{self.args.sandbox_port}/sandbox/stats"
+                )
+            stats: dict[str, Any] = response.json()
         except httpx.HTTPError:
             stats = {}
         return (

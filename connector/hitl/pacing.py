@@ -116,7 +116,7 @@ class ApiPacer:
                 self._window_end = None
             if self._remaining is None:
                 return True if self._in_flight == 0 else None
-            if self._remaining > 0:
+            if self._remaining - self._in_flight > 0:
                 return True
             if self._window_end is None:
                 return None

@@ -20,6 +20,7 @@ from connector.hitl.retry import RateLimitInfo, parse_rate_limit
 
 T = TypeVar("T")
 WALL0 = 1_700_000_000.0
+HORIZON = 100 * 86_400.0  # no scenario here needs more virtual time than this
 
 
 class _VirtualSelector:
@@ -37,6 +38,8 @@ class _VirtualSelector:
             return events
         if timeout > 0:
             self._loop.now += timeout
+            if self._loop.now > HORIZON:
+                raise RuntimeError("virtual time passed a day·100: the code under test spins")
         return self._real.select(0)
 
     def __getattr__(self, name: str) -> Any:

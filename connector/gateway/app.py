@@ -1,0 +1,233 @@
+"""The gateway's ASGI application: webhook receiver, health and readiness (design §5).
+
+Stateless. A delivery is verified (signature and/or callback token), parsed, normalized, and
+produced to ``hitl.callbacks`` keyed by ``request_id``; only when Kafka acknowledged it
+(idempotent producer, acks=all) does the sender get its 2xx. Answers:
+
+- 200 accepted (durable) or ignored (well-formed but not about a request);
+- 400 invalid JSON or a malformed request event; 401 bad or missing signature / token;
+- 404 unknown path; 405 wrong method; 413 body over the limit; 415 not JSON;
+- 503 + ``Retry-After`` when Kafka cannot take the record, so HITL.sh retries.
+
+Never 500 on input: every parse path is guarded. A plain ASGI app (no framework) because this
+is the hot path of the webhook benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from connector.hitl.payloads import Ignored, MalformedPayload, normalize_webhook
+from connector.hitl.signing import SignatureCheck, decide, verify_signature
+from connector.hitl.tokens import read_callback_token
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+WEBHOOK_PATH = "/webhooks/hitl"
+CALLBACK_PREFIX = "/webhooks/hitl/cb/"
+RETRY_AFTER_SECONDS = 5
+
+
+class CallbackSink(Protocol):
+    """Where accepted callbacks go; ``publish`` returns once the record is durable."""
+
+    async def publish(
+        self, request_id: str, callback: dict[str, Any], payload: Any, token_event_id: str | None
+    ) -> None: ...
+
+    def ready(self) -> bool: ...
+
+
+class SinkUnavailable(Exception):
+    """Kafka did not acknowledge the record; answer 503 so the sender retries."""
+
+
+@dataclass
+class GatewayStats:
+    """Outcome counters (bounded label set); metrics read these."""
+
+    outcomes: dict[str, int] = field(default_factory=dict)
+    ack_seconds: list[float] = field(default_factory=list)
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    signature_mode: str = "if-present"
+    secrets: tuple[bytes, ...] = ()
+    token_secret: bytes | None = None
+    max_body_bytes: int = 1024 * 1024
+
+
+def _json_body(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
+    return status, orjson.dumps(body)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GatewayApp:
+    """ASGI callable; one instance per process."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        sink: CallbackSink,
+        *,
+        metrics_body: Callable[[], bytes] | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.stats = GatewayStats()
+        self._metrics_body = metrics_body
+        self._ready = ready or sink.ready
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path == WEBHOOK_PATH or path.startswith(CALLBACK_PREFIX):
+            if method != "POST":
+                await _respond(send, 405, b'{"error":"method not allowed"}', [(b"allow", b"POST")])
+                return
+            start = time.perf_counter()
+            status, body, extra = await self._webhook(scope, receive, path)
+            await _respond(send, status, body, extra)
+            if status == 200:
+                self.stats.ack_seconds.append(time.perf_counter() - start)
+                if len(self.stats.ack_seconds) > 100_000:
+                    del self.stats.ack_seconds[:50_000]
+            return
+        if method not in ("GET", "HEAD"):
+            await _respond(send, 405, b'{"error":"method not allowed"}', [(b"allow", b"GET")])
+            return
+        if path == "/healthz":
+            await _respond(send, 200, b'{"status":"ok"}')
+        elif path == "/readyz":
+            ok = self._ready()
+            await _respond(
+                send, 200 if ok else 503, b'{"ready":%s}' % (b"true" if ok else b"false")
+            )
+        elif path == "/metrics" and self._metrics_body is not None:
+            body = self._metrics_body()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        else:
+            await _respond(send, 404, b'{"error":"not found"}')
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The raw body, or None when it exceeds the limit (checked before and while reading)."""
+        limit = self.config.max_body_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        return None
+                except ValueError:
+                    return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _webhook(
+        self, scope: Scope, receive: Receive, path: str
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]] | None]:
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers", ()):
+            headers[raw_name.decode("latin-1").lower()] = raw_value.decode("latin-1")
+        ctype = headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
+        if ctype != "application/json" and not ctype.endswith("+json"):
+            self.stats.count("unsupported_media_type")
+            return (*_json_body(415, {"error": "content-type must be application/json"}), None)
+        token_event_id: str | None = None
+        if path.startswith(CALLBACK_PREFIX):
+            token = path[len(CALLBACK_PREFIX) :]
+            secret = self.config.token_secret
+            token_event_id = read_callback_token(token, secret) if secret else None
+            if token_event_id is None:
+                self.stats.count("bad_token")
+                return (*_json_body(401, {"error": "invalid callback token"}), None)
+        body = await self._read_body(scope, receive)
+        if body is None:
+            self.stats.count("too_large")
+            return (*_json_body(413, {"error": "body too large"}), None)
+        check = verify_signature(body, headers, self.config.secrets)
+        if not decide(check, self.config.signature_mode):  # type: ignore[arg-type]
+            self.stats.count("bad_signature")
+            what = "missing" if check is SignatureCheck.MISSING else "invalid"
+            return (*_json_body(401, {"error": f"{what} signature"}), None)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            self.stats.count("malformed")
+            return (*_json_body(400, {"error": "invalid JSON"}), None)
+        try:
+            normalized = normalize_webhook(payload)
+        except MalformedPayload as exc:
+            self.stats.count("malformed")
+            return (*_json_body(400, {"error": str(exc)[:200]}), None)
+        if isinstance(normalized, Ignored):
+            self.stats.count("ignored")
+            return (*_json_body(200, {"status": "ignored", "reason": normalized.reason}), None)
+        try:
+            await self.sink.publish(
+                normalized.request_id, normalized.to_json(), payload, token_event_id
+            )
+        except SinkUnavailable as exc:
+            self.stats.count("unavailable")
+            log.warning("webhook not accepted, Kafka unavailable: %s", exc)
+            retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+            return (*_json_body(503, {"error": "temporarily unavailable"}), retry)
+        self.stats.count("accepted")
+        return (*_json_body(200, {"status": "accepted"}), None)

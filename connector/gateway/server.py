@@ -1,0 +1,70 @@
+"""Serving the gateway's ASGI app with uvicorn inside the connector's own event loop.
+
+uvicorn normally installs its own signal handlers; here the app owns signals and the shutdown
+order, so the server is started and stopped like any other component.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Generator
+
+import uvicorn
+
+from connector.gateway.app import GatewayApp
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # the connector app handles SIGTERM/SIGINT
+
+
+class GatewayServer:
+    """Starts uvicorn on ``host:port`` (port 0 picks a free one); ``stop`` drains requests."""
+
+    def __init__(self, app: GatewayApp, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        # IPPROTO_TCP explicitly: with proto 0 asyncio skips TCP_NODELAY on accepted sockets.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.port = int(self._sock.getsockname()[1])
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            http="httptools",
+            timeout_graceful_shutdown=10,
+        )
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name="gateway")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        log.info("gateway listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._sock.close()
