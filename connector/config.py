@@ -222,6 +222,25 @@ class GatewaySettings(_Section):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
 
+class ResolverSettings(_Section):
+    """Joining callbacks to requests, and the polling fallback (the reconciler)."""
+
+    # A callback whose request is not (yet) in the table waits this long, then goes to the
+    # unmatched topic. The submitter's transaction is normally visible within a second.
+    unmatched_ttl_seconds: float = Field(default=120.0, gt=0)
+    restore_timeout_seconds: float = Field(default=120.0, gt=0)
+    reconcile: bool = True
+    reconcile_interval_seconds: float = Field(default=60.0, gt=0)
+    # A request is overdue at timeout_at + grace, or (when set) max_wait after submission.
+    reconcile_grace_seconds: float = Field(default=120.0, ge=0)
+    reconcile_max_wait_seconds: float | None = Field(default=None, gt=0)
+    # Do not poll the same request again within this many seconds.
+    reconcile_repoll_seconds: float = Field(default=900.0, gt=0)
+    # Share of the API budget (hitl.rate_limit_calls per window) the reconciler may use.
+    reconcile_budget_share: float = Field(default=0.2, gt=0, le=1)
+    max_records: int = Field(default=1000, ge=1)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -245,6 +264,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    resolver: ResolverSettings = Field(default_factory=ResolverSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from connector.config import HitlSettings
 from connector.errors import HitlUnavailableError
@@ -48,6 +48,13 @@ class Clock:
 # Two reset stamps closer than this are the same window (servers round differently).
 _SAME_WINDOW_SECONDS = 1.0
 _MAX_RESET_MARGIN = 5.0
+
+
+class _Waiter:
+    __slots__ = ("woken",)
+
+    def __init__(self) -> None:
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 class ApiPacer:
@@ -81,7 +88,7 @@ class ApiPacer:
         self._window_end: float | None = None  # monotonic
         self._reset_wall: float | None = None  # the window's id, as the server wrote it
         self._slots: deque[float] = deque()  # sliding-log expiry times (monotonic)
-        self._changed = asyncio.Event()
+        self._queue: deque[_Waiter] = deque()
 
     @classmethod
     def from_settings(cls, settings: HitlSettings, *, clock: Clock | None = None) -> ApiPacer:
@@ -135,38 +142,55 @@ class ApiPacer:
         return decision if isinstance(decision, float) else None
 
     async def acquire(self, deadline: float | None = None) -> bool:
-        """Wait for a permit; False as soon as one cannot be had before ``deadline``."""
-        while True:
-            changed = self._changed
-            now = self.clock.monotonic()
-            decision = self._decide(now)
-            if decision is True:
-                self._in_flight += 1
-                return True
-            wake: float | None
-            if deadline is not None:
-                if now >= deadline or (decision is not None and decision > deadline):
-                    return False
-                wake = deadline if decision is None else decision
-            else:
-                wake = decision
-            await self._wait(changed, None if wake is None else wake - now)
-
-    async def _wait(self, changed: asyncio.Event, delay: float | None) -> None:
-        """Until ``changed`` is set or ``delay`` passes, whichever is first."""
-        waiter = asyncio.ensure_future(changed.wait())
-        tasks: set[asyncio.Future[Any]] = {waiter}
-        if delay is not None:
-            tasks.add(asyncio.ensure_future(self.clock.sleep(max(0.0, delay))))
+        """Wait for a permit, first come first served; False as soon as one cannot be had
+        before ``deadline`` (monotonic), without sleeping past it."""
+        me = _Waiter()
+        self._queue.append(me)
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                now = self.clock.monotonic()
+                decision = self._decide(now)
+                head = self._queue[0] is me
+                if decision is True and head:
+                    self._queue.popleft()
+                    self._in_flight += 1
+                    self._wake_head()  # the next in line may get a permit too
+                    return True
+                # Nobody behind the head gets a permit before the head does.
+                if deadline is not None and (
+                    now >= deadline or (isinstance(decision, float) and decision > deadline)
+                ):
+                    return False
+                wake = decision if head and isinstance(decision, float) else None
+                if deadline is not None:
+                    wake = deadline if wake is None else min(wake, deadline)
+                me.woken = asyncio.get_running_loop().create_future()
+                await self._sleep(me.woken, None if wake is None else wake - now)
         finally:
-            for task in tasks:
-                task.cancel()
+            if me in self._queue:
+                was_head = self._queue[0] is me
+                self._queue.remove(me)
+                if was_head:
+                    self._wake_head()
+
+    async def _sleep(self, woken: asyncio.Future[None], delay: float | None) -> None:
+        """Until ``woken`` resolves or ``delay`` passes, whichever is first."""
+        if delay is None:
+            await woken
+            return
+        timer = asyncio.ensure_future(self.clock.sleep(max(0.0, delay)))
+        try:
+            await asyncio.wait((woken, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+
+    def _wake_head(self) -> None:
+        if self._queue and not self._queue[0].woken.done():
+            self._queue[0].woken.set_result(None)
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        # Only the head re-checks; each grant wakes the next, so a change costs O(grants).
+        self._wake_head()
 
     def hold_until(self, when: float) -> None:
         """Shared barrier: no permit before monotonic ``when`` (Retry-After, 429 reset)."""
