@@ -122,7 +122,7 @@ class ApiPacer:
                 self._remaining = None
                 self._window_end = None
             if self._remaining is None:
-                return True if self._in_flight == 0 else None
+                self._remaining = self._calls
             if self._remaining - self._in_flight > 0:
                 return True
             if self._window_end is None:
@@ -139,7 +139,7 @@ class ApiPacer:
     def blocked_until(self) -> float | None:
         """Monotonic time before which no permit can be granted, or None if not time-blocked."""
         decision = self._decide(self.clock.monotonic())
-        return decision if isinstance(decision, float) else None
+        return None if decision is True else decision
 
     async def acquire(self, deadline: float | None = None) -> bool:
         """Wait for a permit, first come first served; False as soon as one cannot be had
@@ -157,11 +157,10 @@ class ApiPacer:
                     self._wake_head()  # the next in line may get a permit too
                     return True
                 # Nobody behind the head gets a permit before the head does.
-                if deadline is not None and (
-                    now >= deadline or (isinstance(decision, float) and decision > deadline)
-                ):
+                at = None if decision is True else decision  # None: only a release helps
+                if deadline is not None and (now >= deadline or (at is not None and at > deadline)):
                     return False
-                wake = decision if head and isinstance(decision, float) else None
+                wake = at if head else None
                 if deadline is not None:
                     wake = deadline if wake is None else min(wake, deadline)
                 me.woken = asyncio.get_running_loop().create_future()
@@ -195,7 +194,7 @@ class ApiPacer:
     def hold_until(self, when: float) -> None:
         """Shared barrier: no permit before monotonic ``when`` (Retry-After, 429 reset)."""
         if when > self._barrier:
-            self._barrier = when
+            self._barrier = float(when)
             self._notify()
 
     def release(
@@ -229,7 +228,7 @@ class ApiPacer:
         elif responded:
             self._degraded = False
         if retry_at is not None and retry_at > self._barrier:
-            self._barrier = retry_at
+            self._barrier = float(retry_at)
         self._notify()
 
     def _learn(self, info: RateLimitInfo, now: float) -> None:

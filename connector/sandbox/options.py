@@ -1,15 +1,20 @@
 """Sandbox settings: one pydantic model, set at start and (partly) changed at runtime.
 
 Everything the admin endpoint ``PUT /sandbox/config`` may change is listed in
-``RUNTIME_FIELDS``; the rest (keys, preset loops, loop size, seed) is fixed at start.
-This module only describes settings; ``faults`` and ``ratelimit`` act on them.
+``RUNTIME_FIELDS``; the rest (preset loops, loop size, seed, sender pool size, log sizes) is
+fixed at start. This module only describes settings; ``faults``, ``ratelimit``, ``reviewer``
+and ``webhooks`` act on them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PayloadStyle = Literal["nested", "flat", "seed", "data_response"]
+SignatureStyle = Literal["sha256", "plain", "none"]
+ResponseDataStyle = Literal["raw", "structured"]
 
 
 class SandboxOptions(BaseModel):
@@ -54,13 +59,48 @@ class SandboxOptions(BaseModel):
     ambiguous_marker: str | None = None
     ambiguous_rate: float = Field(default=0.0, ge=0, le=1)
 
+    # Reviewer side. The auto-reviewer answers each request after a delay drawn uniformly
+    # from [review_delay_min_ms, review_delay_max_ms]. answer_mix weights answers (option
+    # values or labels, "true"/"false", numbers as strings, texts); keys that are not a valid
+    # answer for a request are ignored, and with none left the answer is uniformly random.
+    auto_review: bool = False
+    review_delay_min_ms: float = Field(default=500.0, ge=0)
+    review_delay_max_ms: float = Field(default=2000.0, ge=0)
+    answer_mix: dict[str, float] = Field(default_factory=dict)
+    claim_events: bool = False  # request.claimed (status claimed) halfway to the answer
+    escalate_share: float = Field(default=0.0, ge=0, le=1)  # request.escalated before answer
+    response_data_style: ResponseDataStyle = "raw"
+    # Each request's timeout_seconds is multiplied by this at create (tests: 0.001).
+    timeout_scale: float = Field(default=1.0, gt=0)
+
+    # Webhooks: payload style P1 nested / P2 flat / P4 seed / P5 data_response, signature
+    # S1 sha256 / S2 plain / none. callback_url deliveries are signed with webhook_secret
+    # (unsigned when None); registered webhooks with their own secret.
+    webhook_payload_style: PayloadStyle = "nested"
+    webhook_signature: SignatureStyle = "sha256"
+    webhook_secret: str | None = None
+    # The documented schedule (0 s, 15 s, 1 min, 5 min, 30 min, 2 h, 12 h, 24 h) times this.
+    webhook_retry_scale: float = Field(default=1.0, ge=0)
+    webhook_timeout_seconds: float = Field(default=30.0, gt=0)
+    webhook_concurrency: int = Field(default=32, ge=1, le=1024)
+    # Webhook faults, each drawn per delivery (per target, first attempt).
+    webhook_drop_share: float = Field(default=0.0, ge=0, le=1)
+    webhook_duplicate_share: float = Field(default=0.0, ge=0, le=1)
+    webhook_reorder_share: float = Field(default=0.0, ge=0, le=1)
+    webhook_delay_ms: float = Field(default=0.0, ge=0)  # max extra random delay
+    delivery_log_size: int = Field(default=10_000, ge=0)
+
     seed: int | None = None
     call_log_size: int = Field(default=100_000, ge=0)
 
     @model_validator(mode="after")
-    def _latency_range(self) -> SandboxOptions:
+    def _ranges(self) -> SandboxOptions:
         if self.latency_max_ms is not None and self.latency_max_ms < self.latency_ms:
             raise ValueError("latency_max_ms must be >= latency_ms")
+        if self.review_delay_max_ms < self.review_delay_min_ms:
+            raise ValueError("review_delay_max_ms must be >= review_delay_min_ms")
+        if any(w < 0 for w in self.answer_mix.values()):
+            raise ValueError("answer_mix weights must be >= 0")
         return self
 
 
@@ -83,5 +123,22 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
         "reject_data",
         "ambiguous_marker",
         "ambiguous_rate",
+        "auto_review",
+        "review_delay_min_ms",
+        "review_delay_max_ms",
+        "answer_mix",
+        "claim_events",
+        "escalate_share",
+        "response_data_style",
+        "timeout_scale",
+        "webhook_payload_style",
+        "webhook_signature",
+        "webhook_secret",
+        "webhook_retry_scale",
+        "webhook_timeout_seconds",
+        "webhook_drop_share",
+        "webhook_duplicate_share",
+        "webhook_reorder_share",
+        "webhook_delay_ms",
     }
 )

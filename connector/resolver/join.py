@@ -1,0 +1,189 @@
+"""Joining one callback record with its request: the decision, escalation or unmatched record.
+
+Pure apart from the table it reads and marks. For a terminal callback whose request is in
+the table it returns the decision record and the request's tombstone (written in the same
+transaction), and forgets the request at once, so a duplicate in the same batch yields
+nothing. A callback whose request is unknown either was resolved already (dropped, counted)
+or must wait (the submitter's transaction may not be visible yet).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from connector.config import Settings
+from connector.hitl.payloads import NormalizedCallback
+from connector.records import (
+    SCHEMA_DECISION,
+    OutRecord,
+    RequestEntry,
+    base_headers,
+    decision_value,
+    dumps,
+    iso_now,
+)
+from connector.resolver.answers import interpret
+from connector.resolver.table import RequestTable
+
+SCHEMA_ESCALATION: Final = "hitl.escalation.v1"
+NON_TERMINAL_JOINED: Final = frozenset({"claimed", "escalated", "assigned"})
+
+
+@dataclass(slots=True)
+class JoinStats:
+    decisions: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    escalations: int = 0
+    duplicates: int = 0
+    unmatched: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0
+    e2e_seconds: list[float] = field(default_factory=list)
+    human_seconds: list[float] = field(default_factory=list)
+
+    def unmatched_reason(self, reason: str) -> None:
+        self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCallback:
+    request_id: str
+    callback: NormalizedCallback
+    via: str
+    token_event_id: str | None
+    received_ts: float | None
+
+
+class Wait:
+    """The request is not in the table yet: keep the callback and try again later."""
+
+
+WAIT: Final = Wait()
+
+
+def parse_callback_value(value: bytes | None) -> ParsedCallback | None:
+    """A ``hitl.callbacks`` value, or None when it cannot be read (untrusted input)."""
+    if value is None:
+        return None
+    try:
+        data: Any = orjson.loads(value)
+        if not isinstance(data, dict):
+            return None
+        callback = NormalizedCallback.from_json(data["callback"])
+        token = data.get("token_event_id")
+        received = data.get("received_ts")
+        return ParsedCallback(
+            request_id=str(data["request_id"]),
+            callback=callback,
+            via=str(data.get("via") or "webhook"),
+            token_event_id=str(token) if token is not None else None,
+            received_ts=float(received) if isinstance(received, int | float) else None,
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+class Joiner:
+    """Turns callbacks into output records against the request table."""
+
+    def __init__(self, settings: Settings, table: RequestTable) -> None:
+        self._s = settings
+        self._table = table
+        self.stats = JoinStats()
+
+    def unmatched(self, key: bytes | None, value: bytes | None, reason: str) -> OutRecord:
+        self.stats.unmatched_reason(reason)
+        headers = [("error.reason", reason.encode())]
+        return OutRecord(self._s.topics.unmatched, key, value, headers)
+
+    def join(
+        self, partition: int, key: bytes | None, value: bytes | None, now: float | None = None
+    ) -> list[OutRecord] | Wait:
+        parsed = parse_callback_value(value)
+        if parsed is None:
+            return [self.unmatched(key, value, "unreadable")]
+        entry = self._table.get(partition, parsed.request_id)
+        if entry is None:
+            if self._table.was_resolved(parsed.request_id):
+                self.stats.duplicates += 1
+                return []
+            return WAIT
+        if parsed.token_event_id is not None and parsed.token_event_id != entry.event_id:
+            # A callback URL issued for one event cannot answer another event's request.
+            return [self.unmatched(key, value, "token_mismatch")]
+        now = time.time() if now is None else now
+        status = parsed.callback.status
+        if parsed.callback.terminal:
+            self._table.resolve(partition, parsed.request_id)
+            return self._decision(entry, parsed, now)
+        if status in NON_TERMINAL_JOINED and self._s.topics.escalations:
+            self.stats.escalations += 1
+            return [self._escalation(entry, parsed, now)]
+        self.stats.ignored += 1
+        return []
+
+    def _decision(self, entry: RequestEntry, parsed: ParsedCallback, now: float) -> list[OutRecord]:
+        cb = parsed.callback
+        answer = interpret(
+            entry.response_type, entry.options, cb.status, cb.response_data, entry.default_response
+        )
+        ts = entry.source.timestamp_ms
+        e2e = None if not ts or ts <= 0 else round(now - ts / 1000, 6)
+        human = cb.response_time_seconds
+        value = decision_value(
+            event_id=entry.event_id,
+            request_id=entry.request_id,
+            loop_id=entry.loop_id,
+            status=cb.status,
+            decision=answer.decision,
+            response=answer.response,
+            raw_response=answer.raw_response,
+            decided_by=answer.decided_by,
+            via=parsed.via,
+            source=entry.source,
+            submitted_at=entry.submitted_at,
+            decided_at=iso_now(now),
+            reviewer=cb.reviewer,
+            response_time_seconds=human,
+            end_to_end_seconds=e2e,
+        )
+        tp = entry.traceparent.encode() if entry.traceparent else None
+        headers = base_headers(
+            SCHEMA_DECISION, event_id=entry.event_id, request_id=entry.request_id, traceparent=tp
+        )
+        key = entry.key if entry.key is not None else entry.event_id.encode()
+        label = (str(answer.decision), answer.decided_by, parsed.via)
+        self.stats.decisions[label] = self.stats.decisions.get(label, 0) + 1
+        if e2e is not None:
+            self.stats.e2e_seconds.append(e2e)
+        if human is not None:
+            self.stats.human_seconds.append(human)
+        tombstone = OutRecord(
+            self._s.topics.requests,
+            entry.request_id.encode(),
+            None,
+            base_headers("hitl.request.tombstone.v1", request_id=entry.request_id),
+        )
+        return [OutRecord(self._s.topics.output, key, dumps(value), headers), tombstone]
+
+    def _escalation(self, entry: RequestEntry, parsed: ParsedCallback, now: float) -> OutRecord:
+        assert self._s.topics.escalations is not None
+        cb = parsed.callback
+        value = {
+            "schema": SCHEMA_ESCALATION,
+            "event": cb.event,
+            "status": cb.status,
+            "event_id": entry.event_id,
+            "request_id": entry.request_id,
+            "loop_id": entry.loop_id,
+            "reviewer": cb.reviewer,
+            "occurred_at": cb.occurred_at,
+            "observed_at": iso_now(now),
+            "via": parsed.via,
+            "source": entry.source.as_json(),
+        }
+        headers = base_headers(SCHEMA_ESCALATION, event_id=entry.event_id, request_id=entry.request_id)
+        key = entry.key if entry.key is not None else entry.event_id.encode()
+        return OutRecord(self._s.topics.escalations, key, dumps(value), headers)

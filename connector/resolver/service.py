@@ -1,0 +1,227 @@
+"""The resolver role: ``hitl.callbacks`` ⋈ ``hitl.requests`` → decisions, one transaction a batch.
+
+Order of one iteration: fetch callbacks → [lock] make sure the table partitions are restored
+→ join each callback (decision + tombstone, escalation, unmatched, or wait) → re-try callbacks
+that were waiting; expire those older than the TTL to the unmatched topic → checkpoint
+(outputs + offsets) [unlock].
+
+Offsets: a partition commits up to its oldest waiting callback, never past it, so a crash
+cannot lose a callback that had no request yet. Callbacks after it that were resolved are
+read again after a restart and recognised as resolved (tombstones), producing nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from connector.config import Settings
+from connector.kafka.checkpoint import Checkpoint, CheckpointError
+from connector.kafka.clients import make_consumer, make_transactional_producer
+from connector.records import OutRecord
+from connector.resolver.join import Joiner, Wait
+from connector.resolver.table import RequestTable
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_CHECKPOINT_FAILURES = 5
+
+
+@dataclass(slots=True)
+class _Waiting:
+    key: bytes | None
+    value: bytes | None
+    since: float
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: Resolver) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._owner.batch_lock:
+            for tp in revoked:
+                self._owner.forget(tp)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._owner.table.assign(tp.partition for tp in self._owner.consumer.assignment())
+
+
+class Resolver:
+    """Consumes callbacks in a group and joins them with the co-partitioned request table."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._s = settings
+        self.table = RequestTable(settings)
+        self.joiner = Joiner(settings, self.table)
+        self.batch_lock = asyncio.Lock()
+        self.waiting: dict[TopicPartition, OrderedDict[int, _Waiting]] = {}
+        self.processed: dict[TopicPartition, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._checkpoint: Checkpoint | None = None
+        self._stopping = asyncio.Event()
+        self._failures = 0
+        self._committed: dict[TopicPartition, int] = {}
+        self.batches = 0
+
+    @property
+    def group_id(self) -> str:
+        return f"{self._s.kafka.group_id}-resolver"
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        assert self._consumer is not None, "start() first"
+        return self._consumer
+
+    def ready(self) -> bool:
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        return all(self.table.ready(tp.partition) for tp in consumer.assignment())
+
+    async def start(self) -> None:
+        self._producer = make_transactional_producer(self._s.kafka, role="resolver")
+        await self._producer.start()
+        self._checkpoint = Checkpoint(self._producer, self.group_id)
+        await self.table.start()
+        self._consumer = make_consumer(
+            self._s.kafka,
+            role="resolver",
+            group_id=self.group_id,
+            max_records=self._s.resolver.max_records,
+        )
+        self._consumer.subscribe([self._s.topics.callbacks], listener=_Rebalance(self))
+        await self._consumer.start()
+        log.info("resolver started on %s (group %s)", self._s.topics.callbacks, self.group_id)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if consumer is not None:
+            await consumer.stop()
+        await self.table.stop()
+        if producer is not None:
+            await producer.stop()
+
+    def forget(self, tp: TopicPartition) -> None:
+        self.waiting.pop(tp, None)
+        self.processed.pop(tp, None)
+        self._committed.pop(tp, None)
+
+    def waiting_count(self) -> int:
+        return sum(len(w) for w in self.waiting.values())
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            table_task = self.table.task
+            if table_task is not None and table_task.done():
+                table_task.result()  # surface a dead table loop instead of stalling
+            batch = await self.consumer.getmany(timeout_ms=200)
+            if batch or self.waiting_count():
+                await self._handle(batch)
+
+    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        consumer = self.consumer
+        assert self._checkpoint is not None
+        async with self.batch_lock:
+            assigned = consumer.assignment()
+            batch = {tp: recs for tp, recs in batch.items() if tp in assigned and recs}
+            parts = {tp.partition for tp in batch}
+            if parts and not await self.table.wait_ready(
+                parts, self._s.resolver.restore_timeout_seconds
+            ):
+                log.warning("request table not restored in time; will read the batch again")
+                for tp, recs in batch.items():
+                    consumer.seek(tp, recs[0].offset)
+                return
+            now = time.time()
+            outputs: list[OutRecord] = []
+            for tp, records in batch.items():
+                queue = self.waiting.setdefault(tp, OrderedDict())
+                for rec in records:
+                    result = self.joiner.join(tp.partition, rec.key, rec.value, now)
+                    if isinstance(result, Wait):
+                        queue[rec.offset] = _Waiting(rec.key, rec.value, time.monotonic())
+                    else:
+                        outputs.extend(result)
+                self.processed[tp] = records[-1].offset + 1
+            outputs.extend(self._retry_waiting(now))
+            offsets = {
+                tp: off
+                for tp, off in self._committable().items()
+                if self._committed.get(tp) != off
+            }
+            if not outputs and not offsets:
+                return
+            try:
+                await self._checkpoint.commit(outputs, offsets)
+            except CheckpointError:
+                self._failures += 1
+                if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
+                    raise
+                await self._rewind()
+                await asyncio.sleep(min(5.0, 0.2 * 2**self._failures))
+                return
+            self._failures = 0
+            self.batches += 1
+            self._committed.update(offsets)
+
+    def _retry_waiting(self, now: float) -> list[OutRecord]:
+        outputs: list[OutRecord] = []
+        ttl = self._s.resolver.unmatched_ttl_seconds
+        mono = time.monotonic()
+        for tp, queue in self.waiting.items():
+            for offset, item in list(queue.items()):
+                result = self.joiner.join(tp.partition, item.key, item.value, now)
+                if isinstance(result, Wait):
+                    if mono - item.since < ttl:
+                        continue
+                    result = [self.joiner.unmatched(item.key, item.value, "no_request")]
+                outputs.extend(result)
+                del queue[offset]
+        return outputs
+
+    def _committable(self) -> dict[TopicPartition, int]:
+        offsets: dict[TopicPartition, int] = {}
+        for tp, upto in self.processed.items():
+            queue = self.waiting.get(tp)
+            offsets[tp] = min(next(iter(queue)), upto) if queue else upto
+        return offsets
+
+    async def _rewind(self) -> None:
+        """After an aborted transaction: forget local state and read again from the commits."""
+        consumer = self.consumer
+        tps = list(consumer.assignment())
+        self.waiting.clear()
+        self.processed.clear()
+        self._committed.clear()
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        # Rows resolved in the aborted transaction must come back: reload the table.
+        await self.table.assign([])
+        await self.table.assign(tp.partition for tp in tps)
+
+
+async def drain_resolver(resolver: Resolver, task: asyncio.Task[None], deadline: float) -> None:
+    resolver.request_stop()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), timeout=deadline)
+    if not task.done():
+        task.cancel()
+    await resolver.stop()
