@@ -1,8 +1,10 @@
 """Wires the roles into one process with one lifecycle.
 
-Start order: topics (create/validate) → HITL client → roles. Stop order, under one deadline
-(``batch.shutdown_deadline_seconds``): stop fetching → finish in-flight creates → commit →
-close Kafka clients → close the HITL client. Never waits for humans.
+Start order: topics (create/validate) → HITL client → resolver → gateway (accepts webhooks
+only once Kafka is ready) → submitter (creates requests only once their answers can be
+received). Stop order, under one deadline (``batch.shutdown_deadline_seconds``): stop the
+submitter fetching and let its batch commit → stop the gateway (drains HTTP) → stop the
+resolver → close the HITL client. Never waits for humans.
 """
 
 from __future__ import annotations
@@ -12,34 +14,57 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterable
+from typing import Any
 
 from connector.config import Settings
 from connector.errors import ConfigError
+from connector.gateway.app import GatewayApp, GatewayConfig
+from connector.gateway.server import GatewayServer
+from connector.gateway.sink import KafkaCallbackSink
 from connector.hitl.client import HitlClient
+from connector.hitl.tokens import make_callback_token
 from connector.kafka.admin import ensure_topics
+from connector.resolver.reconciler import Reconciler
+from connector.resolver.service import Resolver, drain_resolver
 from connector.submitter.service import Submitter, drain
 
 log = logging.getLogger(__name__)
 
 ROLES = ("submitter", "gateway", "resolver")
-IMPLEMENTED_ROLES = ("submitter",)
 
 
 def resolve_roles(role: str) -> list[str]:
-    roles = list(ROLES) if role == "all" else [role]
-    missing = [r for r in roles if r not in IMPLEMENTED_ROLES]
-    if role != "all" and missing:
-        raise ConfigError(f"role {role!r} is not available in this version yet")
-    return [r for r in roles if r in IMPLEMENTED_ROLES]
+    if role == "all":
+        return list(ROLES)
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}; choose all, {', '.join(ROLES)}")
+    return [role]
+
+
+def token_secret(settings: Settings) -> bytes | None:
+    g = settings.gateway
+    if g.token_secret is not None:
+        return g.token_secret.get_secret_value().encode()
+    if g.secrets:
+        return g.secrets[0].get_secret_value().encode()
+    return None
 
 
 def check_runnable(settings: Settings, roles: Iterable[str]) -> None:
     """Problems that make a role useless, reported before anything connects."""
-    if "submitter" in roles and settings.hitl.api_key is None:
+    roles = set(roles)
+    if roles & {"submitter", "resolver"} and settings.hitl.api_key is None:
         raise ConfigError(
             "HITL_API_KEY is not set: export it (or HITL_API_KEY_FILE pointing at a file "
-            "holding it); the submitter cannot create requests without it"
+            "holding it); the submitter and the reconciler cannot call HITL.sh without it"
         )
+    if settings.gateway.public_url and token_secret(settings) is None:
+        raise ConfigError(
+            "gateway.public_url is set but there is no secret to sign callback URLs: set "
+            "HITL_CALLBACK_TOKEN_SECRET (or HITL_WEBHOOK_SECRET)"
+        )
+    if settings.gateway.signature == "required" and not settings.gateway.secrets:
+        raise ConfigError("gateway.signature=required needs HITL_WEBHOOK_SECRET")
     if "submitter" in roles and not settings.loops.default and not settings.loops.routes:
         log.warning(
             "loops.default is unset and there are no routing rules: events without a "
@@ -55,41 +80,129 @@ class ConnectorApp:
         self.roles = resolve_roles(role)
         check_runnable(settings, self.roles)
         self.client = HitlClient(settings.hitl)
-        self.submitter = Submitter(settings, self.client, blocked_until=self.client.blocked_until)
-        self._task: asyncio.Task[None] | None = None
+        self.submitter: Submitter | None = None
+        self.resolver: Resolver | None = None
+        self.reconciler: Reconciler | None = None
+        self.gateway: GatewayServer | None = None
+        self.sink: KafkaCallbackSink | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        secret = token_secret(settings)
+        public = settings.gateway.public_url
+        if "submitter" in self.roles:
+            callback_url_for = None
+            if public and secret:
+                base = public.rstrip("/") + "/webhooks/hitl/cb/"
+
+                def callback_url_for(event_id: str) -> str | None:
+                    return base + make_callback_token(event_id, secret)
+
+            self.submitter = Submitter(
+                settings,
+                self.client,
+                blocked_until=self.client.blocked_until,
+                callback_url_for=callback_url_for,
+            )
+        if "resolver" in self.roles:
+            self.resolver = Resolver(settings)
+        if {"gateway", "resolver"} & set(self.roles):
+            self.sink = KafkaCallbackSink(settings)
+        if "resolver" in self.roles and settings.resolver.reconcile:
+            assert self.resolver is not None and self.sink is not None
+            sink = self.sink
+
+            async def publish(request_id: str, callback: dict[str, Any], payload: Any) -> None:
+                await sink.publish(request_id, callback, payload, None, via="poll")
+
+            self.reconciler = Reconciler(settings, self.client, self.resolver.table, publish)
+        if "gateway" in self.roles:
+            assert self.sink is not None
+            g = settings.gateway
+            config = GatewayConfig(
+                signature_mode=g.signature,
+                secrets=tuple(s.get_secret_value().encode() for s in g.secrets),
+                token_secret=secret,
+                max_body_bytes=g.max_body_bytes,
+            )
+            app = GatewayApp(config, self.sink, ready=self.ready)
+            self.gateway = GatewayServer(app, g.host, g.port)
+
+    def ready(self) -> bool:
+        sink_ok = self.sink is None or self.sink.ready()
+        resolver_ok = self.resolver is None or self.resolver.ready()
+        return sink_ok and resolver_ok
 
     async def start(self) -> None:
         await ensure_topics(self.settings, create=self.settings.topics.create)
         await self.client.start()
-        await self.submitter.start()
-        self._task = asyncio.create_task(self.submitter.run(), name="submitter")
+        if self.sink is not None:
+            await self.sink.start()
+        if self.resolver is not None:
+            await self.resolver.start()
+            self._tasks["resolver"] = asyncio.create_task(self.resolver.run(), name="resolver")
+        if self.reconciler is not None:
+            self._tasks["reconciler"] = asyncio.create_task(self._reconcile(), name="reconciler")
+        if self.gateway is not None:
+            await self.gateway.start()
+        if self.submitter is not None:
+            await self.submitter.start()
+            self._tasks["submitter"] = asyncio.create_task(self.submitter.run(), name="submitter")
+
+    async def _reconcile(self) -> None:
+        assert self.reconciler is not None
+        interval = self.settings.resolver.reconcile_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconciler.run_once()
+            except Exception:  # a failed pass must not stop the next one
+                log.exception("reconcile pass failed")
 
     async def wait(self, stop: asyncio.Event) -> bool:
         """Until ``stop`` is set (True) or a role fails (False)."""
-        assert self._task is not None, "start() first"
         stopper = asyncio.create_task(stop.wait(), name="stop-signal")
-        done, _ = await asyncio.wait({self._task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {stopper, *self._tasks.values()}, return_when=asyncio.FIRST_COMPLETED
+        )
         stopper.cancel()
-        if self._task in done and self._task.exception() is not None:
-            log.error("submitter failed: %s", self._task.exception())
-            return False
+        for name, task in self._tasks.items():
+            if task in done and not task.cancelled() and task.exception() is not None:
+                log.error("%s failed: %s", name, task.exception(), exc_info=task.exception())
+                return False
         return True
 
     async def stop(self) -> None:
         """Drain within the shutdown deadline, then close everything; safe to call twice."""
-        if self._task is not None and not self._task.done():
-            log.info("stopping: finishing the batch in progress")
-            await drain(self.submitter, self._task, self.settings.batch.shutdown_deadline_seconds)
-        await self.submitter.stop()
+        deadline = self.settings.batch.shutdown_deadline_seconds
+        tasks, self._tasks = self._tasks, {}
+        if self.submitter is not None:
+            task = tasks.get("submitter")
+            if task is not None and not task.done():
+                await drain(self.submitter, task, deadline)
+            await self.submitter.stop()
+        if self.gateway is not None:
+            await self.gateway.stop()
+        reconcile = tasks.get("reconciler")
+        if reconcile is not None:
+            reconcile.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconcile
+        if self.resolver is not None:
+            task = tasks.get("resolver")
+            if task is not None and not task.done():
+                await drain_resolver(self.resolver, task, deadline)
+            await self.resolver.stop()
+        if self.sink is not None:
+            await self.sink.stop()
         await self.client.stop()
-        s = self.submitter.stats
-        log.info(
-            "stopped: consumed=%d created=%d policy=%d dlq=%s",
-            s.consumed,
-            s.created,
-            s.policy,
-            s.dlq,
-        )
+        if self.submitter is not None:
+            s = self.submitter.stats
+            log.info(
+                "submitter stopped: consumed=%d created=%d policy=%d dlq=%s",
+                s.consumed,
+                s.created,
+                s.policy,
+                s.dlq,
+            )
 
 
 async def run_app(settings: Settings, role: str = "all", stop: asyncio.Event | None = None) -> int:

@@ -367,6 +367,9 @@ def load_settings(
         secrets["gateway"] = {
             "secrets": [s.strip() for s in webhook_secret.split(",") if s.strip()]
         }
+    token_secret = _read_secret("HITL_CALLBACK_TOKEN_SECRET", environ)
+    if token_secret:
+        secrets.setdefault("gateway", {})["token_secret"] = token_secret
     data = _deep_merge(data, secrets)
     _reject_unknown_env(environ)
     if overrides:

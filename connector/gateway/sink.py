@@ -67,7 +67,13 @@ class KafkaCallbackSink:
         return self._producer is not None and time.monotonic() - self._last_failure > 10
 
     async def publish(
-        self, request_id: str, callback: dict[str, Any], payload: Any, token_event_id: str | None
+        self,
+        request_id: str,
+        callback: dict[str, Any],
+        payload: Any,
+        token_event_id: str | None,
+        *,
+        via: str = "webhook",
     ) -> None:
         producer = self._producer
         if producer is None:
@@ -76,7 +82,7 @@ class KafkaCallbackSink:
             request_id,
             callback,
             payload,
-            via="webhook",
+            via=via,
             token_event_id=token_event_id,
             received_at=time.time(),
         )

@@ -122,7 +122,7 @@ class ApiPacer:
                 self._remaining = None
                 self._window_end = None
             if self._remaining is None:
-                self._remaining = self._calls
+                return True if self._in_flight == 0 else None
             if self._remaining - self._in_flight > 0:
                 return True
             if self._window_end is None:

@@ -2,8 +2,9 @@
 
 Owned by one event loop (the server's); nothing here is thread-safe or does I/O. Lookups by
 id are O(1) dicts; each API key's requests are also kept in creation order for listing.
-Request records already carry everything the reviewer side needs (status, response fields,
-claim fields, timeout_at, callback_url, loop, owning key), so it can be added on top.
+Request records carry the whole lifecycle (status, answer, reviewer, claim fields,
+timeout_at, callback_url, loop, owning key); registered webhooks, the reviewer/webhook
+counters and the bounded delivery log live here too. ``reviewer`` and ``webhooks`` change them.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class RequestRecord:
     claimed_by: str | None = None
     claimed_at: float | None = None
     cancelled_at: float | None = None
+    previous_status: str | None = None
+    answer: Any = None  # the canonical raw answer (option value, number, bool, list, text)
+    reviewer: dict[str, Any] | None = None  # {user_id, name, email} of who answered/claimed
 
     @property
     def response_time_seconds(self) -> float | None:
@@ -134,6 +138,7 @@ class RequestRecord:
             callback_url=b.get("callback_url"),
             broadcasted_to=self.broadcasted_to,
             broadcasted_at=iso(self.created_at),
+            response_by_user=self.reviewer if self.response_by is not None else None,
         )
         return out
 
@@ -145,8 +150,54 @@ class RequestRecord:
             claimed_by=self.claimed_by,
             claimed_at=iso(self.claimed_at),
             cancelled_at=iso(self.cancelled_at),
+            previous_status=self.previous_status,
         )
         return out
+
+
+@dataclass(slots=True)
+class WebhookRecord:
+    """A webhook registered with ``POST /webhooks``; ``secret`` is never shown again."""
+
+    id: str
+    key_id: str
+    url: str
+    events: tuple[str, ...]
+    secret: str | None
+    loop_id: str | None
+    created_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "url": self.url,
+            "events": list(self.events),
+            "loop_id": self.loop_id,
+            "type": "loop" if self.loop_id else "global",
+            "enabled": True,
+            "has_secret": self.secret is not None,
+            "created_at": iso(self.created_at),
+        }
+
+
+@dataclass
+class WebhookStats:
+    """Delivery counters; ``sent`` counts HTTP attempts (first tries, retries, duplicates)."""
+
+    sent: int = 0
+    delivered: int = 0  # attempts answered 2xx
+    failed_attempts: int = 0  # non-2xx answers, connection errors, timeouts
+    retries: int = 0  # attempts after the first
+    dropped: int = 0  # never sent (fault)
+    duplicated: int = 0  # extra copies sent (fault)
+    reordered: int = 0  # held back until the next delivery to the same URL (fault)
+    rejected: int = 0  # not retried: 4xx other than 408/429 (or 1xx/3xx)
+    gave_up: int = 0  # retry schedule exhausted
+    by_event: dict[str, dict[str, int]] = field(default_factory=dict)  # emitted/delivered
+
+    def bump_event(self, event: str, what: str) -> None:
+        row = self.by_event.setdefault(event, {"emitted": 0, "delivered": 0})
+        row[what] += 1
 
 
 @dataclass
@@ -158,6 +209,12 @@ class Stats:
     api_calls: dict[str, dict[str, int]] = field(default_factory=dict)
     unknown_fields: dict[str, int] = field(default_factory=dict)
     errors_injected: dict[str, int] = field(default_factory=dict)
+    auto_reviewed: int = 0
+    answered_by_hand: int = 0
+    timeouts: int = 0
+    claims: int = 0
+    escalations: int = 0
+    webhooks: WebhookStats = field(default_factory=WebhookStats)
 
     def bump(self, table: dict[str, int], name: str) -> None:
         table[name] = table.get(name, 0) + 1
@@ -166,7 +223,7 @@ class Stats:
 class SandboxState:
     """Loops, requests, idempotency keys, statistics and the call log of one sandbox."""
 
-    def __init__(self, loop_members: int, call_log_size: int) -> None:
+    def __init__(self, loop_members: int, call_log_size: int, delivery_log_size: int = 0) -> None:
         self.loop_members = loop_members
         self.loops: dict[str, LoopRecord] = {}
         self.preset_loop_ids: set[str] = set()
@@ -178,15 +235,25 @@ class SandboxState:
         self.calls: deque[tuple[float, str, str, str, int, str | None]] = deque(
             maxlen=call_log_size
         )
+        self.webhooks: dict[str, WebhookRecord] = {}
+        self.webhooks_by_key: dict[str, list[WebhookRecord]] = {}
+        # (wall time, request id, event, url, attempt, HTTP status or None, error or outcome)
+        self.deliveries: deque[tuple[float, str, str, str, int, int | None, str | None]] = deque(
+            maxlen=delivery_log_size
+        )
         self._seq = itertools.count()
 
     def reset(self, *, drop_loops: bool = False) -> None:
-        """Forget requests, idempotency keys, stats and calls (and non-preset loops if asked)."""
+        """Forget requests, idempotency keys, registered webhooks, stats, calls and the
+        delivery log (and non-preset loops if asked)."""
         self.requests.clear()
         self.by_key.clear()
         self.idempotency.clear()
+        self.webhooks.clear()
+        self.webhooks_by_key.clear()
         self.stats = Stats()
         self.calls.clear()
+        self.deliveries.clear()
         if drop_loops:
             self.loops = {k: v for k, v in self.loops.items() if k in self.preset_loop_ids}
 
@@ -242,8 +309,9 @@ class SandboxState:
         loop: LoopRecord,
         body: dict[str, Any],
         idempotency_key: str | None,
+        timeout_scale: float = 1.0,
     ) -> RequestRecord:
-        timeout = body.get("timeout_seconds") or DEFERRED_TIMEOUT_SECONDS
+        timeout = (body.get("timeout_seconds") or DEFERRED_TIMEOUT_SECONDS) * timeout_scale
         record = RequestRecord(
             id=object_id(now),
             seq=next(self._seq),
@@ -261,6 +329,21 @@ class SandboxState:
         self.by_key.setdefault(key_id, []).append(record)
         self.stats.creates += 1
         return record
+
+    def add_webhook(
+        self,
+        now: float,
+        *,
+        key_id: str,
+        url: str,
+        events: tuple[str, ...],
+        secret: str | None,
+        loop_id: str | None,
+    ) -> WebhookRecord:
+        hook = WebhookRecord(object_id(now), key_id, url, events, secret, loop_id, now)
+        self.webhooks[hook.id] = hook
+        self.webhooks_by_key.setdefault(key_id, []).append(hook)
+        return hook
 
     def record_call(
         self, now: float, method: str, endpoint: str, style: str, status: int, key_id: str | None

@@ -1,0 +1,184 @@
+"""The polling fallback: find overdue requests and ask HITL.sh what became of them.
+
+A request is overdue when it is still in the table at ``timeout_at + grace`` (or, when
+configured, ``max_wait`` after submission) — its terminal webhook never came. One pass:
+
+1. collect overdue requests from the assigned table partitions (skipping any polled within
+   ``repoll_seconds``);
+2. page through the list endpoint (100 per call, newest first) until every overdue request
+   was seen or the pages are older than the oldest overdue one;
+3. single GETs for whatever the list did not show;
+
+all within ``reconcile_budget_share`` of the API budget per rate-limit window. What it
+learns goes to ``hitl.callbacks`` with ``via: poll``, exactly like a webhook, so the resolver
+joins it the same way (and a late webhook after a poll is a harmless duplicate).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from connector.config import Settings
+from connector.errors import HitlError, HitlPermanentError
+from connector.hitl.payloads import MalformedPayload, NormalizedCallback, normalize_request_object
+from connector.records import RequestEntry
+from connector.resolver.table import RequestTable
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, dict[str, Any], Any], Awaitable[None]]
+
+
+class PollClient(Protocol):
+    async def list_requests(
+        self, *, limit: int = 100, offset: int = 0, sort: str = "created_at_desc"
+    ) -> Any: ...
+
+    async def get_request(self, request_id: str) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class ReconcileResult:
+    overdue: int = 0
+    list_calls: int = 0
+    get_calls: int = 0
+    found_terminal: int = 0
+    still_pending: int = 0
+    not_found: int = 0
+    budget_exhausted: bool = False
+
+
+def _epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Reconciler:
+    """Polls HITL.sh for overdue requests within a share of the API budget."""
+
+    def __init__(
+        self, settings: Settings, client: PollClient, table: RequestTable, publish: Publish
+    ) -> None:
+        self._s = settings
+        self._client = client
+        self._table = table
+        self._publish = publish
+        self._polled: dict[str, float] = {}
+        self._window_start = 0.0
+        self._window_calls = 0
+        self.total_calls = 0
+
+    def _budget(self) -> int:
+        h = self._s.hitl
+        return max(1, int(h.rate_limit_calls * self._s.resolver.reconcile_budget_share))
+
+    def _take_call(self, now: float) -> bool:
+        window = self._s.hitl.rate_limit_window_seconds
+        if now - self._window_start >= window:
+            self._window_start, self._window_calls = now, 0
+        if self._window_calls >= self._budget():
+            return False
+        self._window_calls += 1
+        self.total_calls += 1
+        return True
+
+    def overdue(self, now: float) -> list[RequestEntry]:
+        r = self._s.resolver
+        out: list[RequestEntry] = []
+        for partition in self._table.partitions():
+            for entry in self._table.rows(partition):
+                if now - self._polled.get(entry.request_id, -1e18) < r.reconcile_repoll_seconds:
+                    continue
+                due: list[float] = []
+                timeout_at = _epoch(entry.timeout_at)
+                if timeout_at is not None:
+                    due.append(timeout_at + r.reconcile_grace_seconds)
+                submitted = _epoch(entry.submitted_at)
+                if r.reconcile_max_wait_seconds is not None and submitted is not None:
+                    due.append(submitted + r.reconcile_max_wait_seconds)
+                if due and now >= min(due):
+                    out.append(entry)
+        return out
+
+    async def run_once(self, now: float | None = None) -> ReconcileResult:
+        now = time.time() if now is None else now
+        result = ReconcileResult()
+        overdue = {e.request_id: e for e in self.overdue(now)}
+        result.overdue = len(overdue)
+        if not overdue:
+            return result
+        oldest = min((_epoch(e.submitted_at) or now) for e in overdue.values())
+        found: dict[str, NormalizedCallback] = {}
+        offset = 0
+        while len(found) < len(overdue):
+            if not self._take_call(time.monotonic()):
+                result.budget_exhausted = True
+                break
+            try:
+                page = await self._client.list_requests(limit=100, offset=offset)
+            except HitlError as exc:
+                log.warning("reconciler list call failed: %s", exc)
+                break
+            result.list_calls += 1
+            oldest_on_page = now
+            for obj in page.requests:
+                try:
+                    cb = normalize_request_object(obj)
+                except MalformedPayload:
+                    continue
+                created = _epoch(obj.get("created_at")) if isinstance(obj, dict) else None
+                if created is not None:
+                    oldest_on_page = min(oldest_on_page, created)
+                if cb.request_id in overdue:
+                    found[cb.request_id] = cb
+            # Stop paging once the pages are older than anything we are looking for.
+            if not page.has_more or oldest_on_page < oldest - 300:
+                break
+            offset = page.next_offset if page.next_offset is not None else offset + 100
+        for request_id in overdue:
+            if request_id in found:
+                continue
+            if not self._take_call(time.monotonic()):
+                result.budget_exhausted = True
+                break
+            try:
+                obj = await self._client.get_request(request_id)
+                result.get_calls += 1
+                found[request_id] = normalize_request_object(obj)
+            except HitlPermanentError:
+                result.get_calls += 1
+                result.not_found += 1
+            except (HitlError, MalformedPayload) as exc:
+                log.warning("reconciler could not read request %s: %s", request_id, exc)
+        for request_id, cb in found.items():
+            self._polled[request_id] = now
+            if cb.terminal:
+                result.found_terminal += 1
+                await self._publish(request_id, cb.to_json(), None)
+            else:
+                result.still_pending += 1
+        self._forget_old(now)
+        if result.overdue:
+            log.info(
+                "reconcile: overdue=%d list_calls=%d get_calls=%d terminal=%d pending=%d",
+                result.overdue,
+                result.list_calls,
+                result.get_calls,
+                result.found_terminal,
+                result.still_pending,
+            )
+        return result
+
+    def _forget_old(self, now: float) -> None:
+        horizon = self._s.resolver.reconcile_repoll_seconds
+        if len(self._polled) > 100_000:
+            self._polled = {k: t for k, t in self._polled.items() if now - t < horizon}
