@@ -154,7 +154,7 @@ class ConnectorApp:
             await asyncio.sleep(interval)
             try:
                 await self.reconciler.run_once()
-            except Exception:  # a failed pass must not stop the next one
+            except Exception:
                 log.exception("reconcile pass failed")
 
     async def wait(self, stop: asyncio.Event) -> bool:

@@ -82,7 +82,7 @@ class DevStack:
         return path
 
     async def start(self) -> str:
-        bootstrap = self.args.bootstrap
+        bootstrap: str = self.args.bootstrap or ""
         if not bootstrap:
             self.broker = DevKafka(self.var / "kafka", port=self.args.kafka_port)
             print(f"starting Kafka (data in {self.var / 'kafka'}) …", flush=True)

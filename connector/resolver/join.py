@@ -184,6 +184,8 @@ class Joiner:
             "via": parsed.via,
             "source": entry.source.as_json(),
         }
-        headers = base_headers(SCHEMA_ESCALATION, event_id=entry.event_id, request_id=entry.request_id)
+        headers = base_headers(
+            SCHEMA_ESCALATION, event_id=entry.event_id, request_id=entry.request_id
+        )
         key = entry.key if entry.key is not None else entry.event_id.encode()
         return OutRecord(self._s.topics.escalations, key, dumps(value), headers)

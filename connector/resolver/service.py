@@ -159,9 +159,7 @@ class Resolver:
                 self.processed[tp] = records[-1].offset + 1
             outputs.extend(self._retry_waiting(now))
             offsets = {
-                tp: off
-                for tp, off in self._committable().items()
-                if self._committed.get(tp) != off
+                tp: off for tp, off in self._committable().items() if self._committed.get(tp) != off
             }
             if not outputs and not offsets:
                 return

@@ -94,10 +94,10 @@ class RequestTable:
     def ready(self, partition: int) -> bool:
         return partition in self._ready
 
-    async def wait_ready(self, partitions: Iterable[int], timeout: float) -> bool:
+    async def wait_ready(self, partitions: Iterable[int], within: float) -> bool:
         wanted = set(partitions)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while not wanted <= self._ready:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -179,6 +179,8 @@ class RequestTable:
                     if tp in consumer.assignment() and await consumer.position(tp) >= target:
                         self._ready.add(p)
                         newly_ready = True
-                        log.info("request table partition %d restored (%d rows)", p, len(self._rows[p]))
+                        log.info(
+                            "request table partition %d restored (%d rows)", p, len(self._rows[p])
+                        )
                 if batch or newly_ready:
                     self._changed.set()
