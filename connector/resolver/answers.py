@@ -102,7 +102,8 @@ def _single(value: Any, options: _Options) -> tuple[str | None, Any]:
         matched = options.match(text)
         if matched is not None:
             return matched, matched
-    return None, candidates[0] if candidates else value
+    # Unmatched: the string the reviewer's answer carried, else the value as sent.
+    return None, candidates[0] if candidates and isinstance(value, dict) else value
 
 
 def _items(value: Any) -> list[Any] | None:

@@ -105,8 +105,6 @@ def _mix_key(response_type: str, config: Mapping[str, Any], key: str) -> Any:
             return float(key)
         except ValueError:
             return key
-    if response_type == "multi_select":
-        return [key]
     return key
 
 
@@ -197,8 +195,8 @@ def _parse_multi(config: Mapping[str, Any], value: Any) -> list[str]:
     if None in found or len(set(found)) != len(found):
         raise AnswerError("response_data must be a list of distinct option values")
     low = int(config.get("min_selections") or 0)
-    high = config.get("max_selections")
-    if len(found) < low or (high is not None and len(found) > high):
+    high = config.get("max_selections") or len(options_of(config))
+    if not low <= len(found) <= high:
         raise AnswerError(f"response_data must select between {low} and {high} options")
     return [v for v in found if v is not None]
 

@@ -1,0 +1,221 @@
+"""The decision path end to end: sandbox reviewer → webhooks/polling → gateway → resolver.
+
+Real broker, real sandbox and gateway over HTTP, the connector in-process with every role.
+Each HITL request must end as exactly one decision record joined to its event.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import statistics
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from connector.app import ConnectorApp
+from connector.config import Settings
+from connector.sandbox import SandboxOptions, SandboxServer
+from tests.integration.harness import (
+    offsets,
+    produce,
+    read_all,
+    run_settings,
+    sandbox_get,
+    wait_until,
+)
+
+pytestmark = pytest.mark.kafka
+
+LOOP = "loop-test"
+SECRET = "whsec-test-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def decision_settings(bootstrap: str, sandbox_url: str, **sections: Any) -> Settings:
+    port = free_port()
+    gateway = {
+        "host": "127.0.0.1",
+        "port": port,
+        "public_url": f"http://127.0.0.1:{port}",
+        "secrets": [SECRET],
+        "token_secret": "token-secret",
+        "signature": "if-present",
+    }
+    gateway.update(sections.pop("gateway", {}))
+    resolver = {
+        "reconcile_interval_seconds": 1.0,
+        "reconcile_max_wait_seconds": 6.0,
+        "reconcile_repoll_seconds": 5.0,
+        "unmatched_ttl_seconds": 30.0,
+    }
+    resolver.update(sections.pop("resolver", {}))
+    return run_settings(bootstrap, sandbox_url, gateway=gateway, resolver=resolver, **sections)
+
+
+def events(n: int, prefix: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (f"k-{prefix}-{i}".encode(), orjson.dumps({"id": f"{prefix}-{i}", "content": f"post {i}"}))
+        for i in range(n)
+    ]
+
+
+def reviewer(**overrides: Any) -> SandboxOptions:
+    base: dict[str, Any] = {
+        "preset_loops": (LOOP,),
+        "auto_review": True,
+        "review_delay_min_ms": 20,
+        "review_delay_max_ms": 300,
+        "webhook_secret": SECRET,
+        "webhook_retry_scale": 0.01,
+        "seed": 7,
+    }
+    base.update(overrides)
+    return SandboxOptions(**base)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Any]:
+    apps: list[ConnectorApp] = []
+
+    async def start(settings: Settings) -> ConnectorApp:
+        app = ConnectorApp(settings, "all")
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        await app.stop()
+
+
+async def run_and_check(
+    bootstrap: str, sandbox: SandboxServer, settings: Settings, app: ConnectorApp, n: int
+) -> dict[str, Any]:
+    """Produce n events, wait for n decisions, check each is joined right; return figures."""
+    items = events(n, settings.kafka.group_id)
+    await produce(bootstrap, settings.topics.input, items)
+
+    async def decided() -> bool:
+        snap = await offsets(bootstrap, f"{settings.kafka.group_id}-resolver", settings.topics.callbacks)
+        if not snap.done:
+            return False
+        return len(await read_all(bootstrap, settings.topics.output)) >= n
+
+    took = await wait_until(decided, timeout=240, interval=1.0, what=f"{n} decisions")
+    decisions = [orjson.loads(r.value) for r in await read_all(bootstrap, settings.topics.output)]
+    keys = {r.key for r in await read_all(bootstrap, settings.topics.output)}
+    requests = {r["id"]: r for r in sandbox_get(sandbox.url, "/sandbox/requests")["requests"]}
+    by_request = collections.Counter(d["request_id"] for d in decisions)
+    stats = sandbox_get(sandbox.url, "/sandbox/stats")
+    assert len(requests) == n
+    assert set(by_request) == set(requests), "a request without a decision, or a stray one"
+    assert max(by_request.values()) == 1, "a request decided twice"
+    assert keys == {k for k, _ in items}
+    source_offsets = {(d["source"]["partition"], d["source"]["offset"]) for d in decisions}
+    assert len(source_offsets) == n
+    for d in decisions:
+        req = requests[d["request_id"]]
+        assert d["event_id"] == req["idempotency_key"]
+        assert d["status"] == req["status"]
+        if d["status"] == "completed":
+            assert d["decided_by"] == "human"
+            assert d["decision"] in {"approved", "rejected", "needs_changes"}
+    e2e = [d["latency"]["end_to_end_seconds"] for d in decisions if d["latency"]["end_to_end_seconds"]]
+    return {
+        "decisions": len(decisions),
+        "seconds": took,
+        "api_calls": stats["api_calls_total"],
+        "api_calls_per_decision": stats["api_calls_total"] / n,
+        "via": collections.Counter(d["via"] for d in decisions),
+        "e2e_p50": statistics.median(e2e) if e2e else None,
+        "webhooks": stats.get("webhooks"),
+        "gateway": dict(app.gateway.app.stats.outcomes) if app.gateway else {},
+    }
+
+
+@pytest.mark.parametrize(
+    ("style", "signature", "mode"),
+    [
+        ("nested", "sha256", "required"),
+        ("flat", "plain", "required"),
+        ("seed", "plain", "if-present"),
+        ("data_response", "none", "if-present"),
+        ("flat", "none", "off"),
+    ],
+)
+async def test_every_payload_and_signature_style_gives_one_decision_each(
+    kafka_bootstrap: str, running: Any, style: str, signature: str, mode: str
+) -> None:
+    options = reviewer(webhook_payload_style=style, webhook_signature=signature)
+    with SandboxServer(options) as sandbox:
+        settings = decision_settings(kafka_bootstrap, sandbox.url, gateway={"signature": mode})
+        app = await running(settings)
+        figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 300)
+        print(f"\ndecision-path[{style}/{signature}/{mode}]: {figures}")
+        assert figures["via"]["webhook"] >= 1
+
+
+async def test_5000_events_with_the_auto_reviewer(kafka_bootstrap: str, running: Any) -> None:
+    with SandboxServer(reviewer(webhook_payload_style="nested", webhook_signature="sha256")) as sandbox:
+        settings = decision_settings(kafka_bootstrap, sandbox.url, gateway={"signature": "required"})
+        app = await running(settings)
+        figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 5000)
+        acks = sorted(app.gateway.app.stats.ack_seconds) if app.gateway else []
+        p = lambda q: acks[min(len(acks) - 1, int(q * len(acks)))] * 1000  # noqa: E731
+        print(
+            f"\ndecision-path[5000]: {figures} gateway_ack_ms p50={p(0.5):.1f} p99={p(0.99):.1f}"
+        )
+        assert figures["api_calls_per_decision"] <= 1.05
+
+
+async def test_dropped_webhooks_are_recovered_by_polling(kafka_bootstrap: str, running: Any) -> None:
+    with SandboxServer(reviewer(webhook_drop_share=0.2)) as sandbox:
+        settings = decision_settings(kafka_bootstrap, sandbox.url)
+        app = await running(settings)
+        figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 500)
+        print(f"\ndecision-path[20% dropped]: {figures}")
+        assert figures["via"]["poll"] >= 50
+        assert figures["api_calls_per_decision"] <= 1.25
+
+
+async def test_duplicated_and_reordered_webhooks_still_one_decision(
+    kafka_bootstrap: str, running: Any
+) -> None:
+    options = reviewer(webhook_duplicate_share=0.2, webhook_reorder_share=0.2, claim_events=True)
+    with SandboxServer(options) as sandbox:
+        settings = decision_settings(kafka_bootstrap, sandbox.url)
+        app = await running(settings)
+        figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 500)
+        print(f"\ndecision-path[20% duplicated+reordered]: {figures}")
+        assert app.resolver is not None and app.resolver.joiner.stats.duplicates > 0
+
+
+async def test_timeout_gives_the_default_response(kafka_bootstrap: str, running: Any) -> None:
+    options = reviewer(auto_review=False, timeout_scale=0.002)
+    with SandboxServer(options) as sandbox:
+        settings = decision_settings(
+            kafka_bootstrap, sandbox.url, review={"timeout_seconds": {"medium": 900}}
+        )
+        await running(settings)
+        await produce(kafka_bootstrap, settings.topics.input, events(5, "to"))
+
+        async def five() -> bool:
+            return len(await read_all(kafka_bootstrap, settings.topics.output)) >= 5
+
+        await wait_until(five, timeout=60, what="timeout decisions")
+        decisions = [orjson.loads(r.value) for r in await read_all(kafka_bootstrap, settings.topics.output)]
+        assert len(decisions) == 5
+        for d in decisions:
+            assert (d["status"], d["decided_by"], d["decision"]) == (
+                "timeout",
+                "timeout_default",
+                "rejected",
+            )
