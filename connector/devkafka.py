@@ -21,6 +21,7 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -236,9 +237,27 @@ _running: set[DevKafka] = set()
 
 @atexit.register
 def _kill_leftovers() -> None:
-    # A crashed test session must not leave a JVM behind holding ports and memory.
+    # A failed test session must not leave a JVM behind holding ports and memory.
     for broker in list(_running):
         broker.kill()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` making Linux SIGKILL the JVM when its parent dies, even by SIGKILL or
+    an unhandled SIGTERM (CI timeouts), where ``atexit`` never runs. "Parent" is the thread
+    that spawned it, so ``DevKafka`` spawns from the event loop's thread, never a worker.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return set_parent_death_signal
 
 
 class DevKafka:
@@ -440,6 +459,7 @@ class DevKafka:
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,
+                preexec_fn=_die_with_parent(),  # takes no lock in the child (see there)
             )
         _running.add(self)
 

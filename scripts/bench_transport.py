@@ -74,7 +74,7 @@ async def drive(
     """(req/s, client CPU µs per request) for ``requests`` creates at ``in_flight``."""
     settings = HitlSettings(
         base_url=f"http://127.0.0.1:{port}/v1",
-        api_key="bench-key",  # type: ignore[arg-type]
+        api_key="bench-key",
         transport=kind,
         max_in_flight=in_flight,
         rate_limit_calls=1_000_000_000,

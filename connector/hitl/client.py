@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
@@ -116,43 +117,72 @@ def _msg(body: Any, response: httpx.Response) -> str:
     return text or response.reason_phrase or f"HTTP {response.status_code}"
 
 
-def _data(body: dict[str, Any]) -> Any:
-    return body.get("data")
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+def _opt(value: Any, kind: type[str] | type[int]) -> Any:
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
 
 
-def _pick(body: dict[str, Any], key: str) -> Any:
-    """``data.<key>`` when present, else ``data`` itself (the docs disagree on the wrapper)."""
-    data = _data(body)
-    if isinstance(data, dict) and key in data:
-        return data[key]
-    return data
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """An attempt that failed in a way a later attempt may not."""
+
+    what: str
+    status: int | None
+    msg: str | None
+    data: Any
+    retry_at: float | None  # monotonic "not before", when the server said
+    replayable: bool  # surely not processed: safe to send again even without a key
 
 
-def _created_id(body: dict[str, Any]) -> str | None:
-    data = _as_dict(_data(body))
-    for candidate in (
-        data.get("request_id"),
-        data.get("id"),
-        _as_dict(data.get("request")).get("id"),
-        body.get("id"),
-    ):
-        if isinstance(candidate, str) and candidate:
-            return candidate
-        if isinstance(candidate, int) and not isinstance(candidate, bool):
-            return str(candidate)
-    return None
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A 2xx JSON object answer; the accessors accept both wrappers the docs show."""
 
+    endpoint: str
+    status: int
+    body: dict[str, Any]
 
-def _opt_str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    @property
+    def data(self) -> Any:
+        return self.body.get("data")
 
+    def pick(self, key: str) -> Any:
+        """``data.<key>`` when present, else ``data`` itself."""
+        data = self.data
+        return data[key] if isinstance(data, dict) and key in data else data
 
-def _opt_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    def object(self, key: str | None = None) -> dict[str, Any]:
+        value = self.data if key is None else self.pick(key)
+        if isinstance(value, dict):
+            return value
+        raise self.unexpected("the expected object")
+
+    def unexpected(self, what: str) -> HitlPermanentError:
+        return HitlPermanentError(
+            f"HITL.sh {self.endpoint} answered HTTP {self.status} without {what}; check "
+            "hitl.base_url and hitl.path_prefix",
+            status=self.status,
+            msg=_opt(self.body.get("msg"), str),
+            data=self.data,
+        )
+
+    def created_id(self) -> str | None:
+        data = self.data if isinstance(self.data, dict) else {}
+        request = data.get("request")
+        for candidate in (
+            data.get("request_id"),
+            data.get("id"),
+            request.get("id") if isinstance(request, dict) else None,
+            self.body.get("id"),
+        ):
+            if isinstance(candidate, str) and candidate:
+                return candidate
+            if _opt(candidate, int) is not None:
+                return str(candidate)
+        return None
 
 
 class HitlClient:
@@ -240,7 +270,7 @@ class HitlClient:
     ) -> None:
         await self.stop()
 
-    # --- endpoints -------------------------------------------------------------------------
+    # --- endpoints (they read data.<key> or data: the docs disagree on the wrapper) ---------
 
     async def create_request(
         self,
@@ -250,39 +280,31 @@ class HitlClient:
         idempotency_key: str,
         deadline: float | None = None,
     ) -> CreatedRequest:
-        status, reply = await self._call(
+        reply = await self._call(
             "POST",
             f"loops/{_seg(loop_id)}/requests",
-            endpoint="create_request",
+            "create_request",
             json_body=body,
             idempotency_key=idempotency_key,
             deadline=deadline,
         )
-        request_id = _created_id(reply)
+        request_id = reply.created_id()
         if request_id is None:
-            raise HitlPermanentError(
-                f"HITL.sh create_request answered HTTP {status} without a request id; "
-                "check hitl.base_url and hitl.path_prefix",
-                status=status,
-                msg=_opt_str(reply.get("msg")),
-                data=_data(reply),
-            )
-        data = _as_dict(_data(reply))
+            raise reply.unexpected("a request id")
+        data = reply.data if isinstance(reply.data, dict) else {}
         return CreatedRequest(
             request_id=request_id,
-            status=_opt_str(data.get("status")),
-            timeout_at=_opt_str(data.get("timeout_at")),
-            polling_url=_opt_str(data.get("polling_url")),
-            raw=reply,
+            status=_opt(data.get("status"), str),
+            timeout_at=_opt(data.get("timeout_at"), str),
+            polling_url=_opt(data.get("polling_url"), str),
+            raw=reply.body,
         )
 
     async def get_request(
         self, request_id: str, *, deadline: float | None = None
     ) -> dict[str, Any]:
-        status, reply = await self._call(
-            "GET", f"requests/{_seg(request_id)}", endpoint="get_request", deadline=deadline
-        )
-        return self._expect_dict(_pick(reply, "request"), "get_request", status, reply)
+        reply = await self._call("GET", f"requests/{_seg(request_id)}", "get_request", deadline)
+        return reply.object("request")
 
     async def list_requests(
         self,
@@ -295,54 +317,41 @@ class HitlClient:
         deadline: float | None = None,
     ) -> RequestPage:
         params: dict[str, str | int] = {"limit": limit, "offset": offset, "sort": sort}
-        if status is not None:
-            params["status"] = status
-        if loop_id is not None:
-            params["loop_id"] = loop_id
-        _, reply = await self._call(
-            "GET", "requests", endpoint="list_requests", params=params, deadline=deadline
+        params.update({k: v for k, v in (("status", status), ("loop_id", loop_id)) if v})
+        reply = await self._call("GET", "requests", "list_requests", deadline, params=params)
+        page = reply.data if isinstance(reply.data, dict) else {}
+        requests = _dicts(reply.pick("requests"))
+        pagination = page.get("pagination")
+        next_offset = (
+            _opt(pagination.get("next_offset"), int) if isinstance(pagination, dict) else None
         )
-        data = _data(reply)
-        page = _as_dict(data)
-        items = data if isinstance(data, list) else page.get("requests")
-        requests = [r for r in items if isinstance(r, dict)] if isinstance(items, list) else []
-        next_offset = _opt_int(_as_dict(page.get("pagination")).get("next_offset"))
         has_more = bool(page.get("has_more"))
         if has_more and next_offset is None:
             next_offset = offset + len(requests)
-        return RequestPage(requests, has_more, next_offset, _opt_int(page.get("total")))
+        return RequestPage(requests, has_more, next_offset, _opt(page.get("total"), int))
 
     async def cancel_request(
         self, request_id: str, *, deadline: float | None = None
     ) -> dict[str, Any]:
-        _, reply = await self._call(
-            "DELETE", f"requests/{_seg(request_id)}", endpoint="cancel_request", deadline=deadline
+        reply = await self._call(
+            "DELETE", f"requests/{_seg(request_id)}", "cancel_request", deadline
         )
-        return _as_dict(_data(reply))
+        return reply.data if isinstance(reply.data, dict) else {}
 
     async def test_key(self, *, deadline: float | None = None) -> dict[str, Any]:
         """``GET /test`` (never prefixed): key status, permissions and the rate-limit budget."""
-        status, reply = await self._call(
-            "GET", "test", endpoint="test_key", prefixed=False, deadline=deadline
-        )
-        return self._expect_dict(_data(reply), "test_key", status, reply)
+        reply = await self._call("GET", "test", "test_key", deadline, prefixed=False)
+        return reply.object()
 
     async def list_loops(self, *, deadline: float | None = None) -> list[dict[str, Any]]:
-        _, reply = await self._call("GET", "loops", endpoint="list_loops", deadline=deadline)
-        items = _pick(reply, "loops")
-        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+        return _dicts((await self._call("GET", "loops", "list_loops", deadline)).pick("loops"))
 
     async def create_loop(
         self, name: str, description: str, icon: str, *, deadline: float | None = None
     ) -> dict[str, Any]:
-        status, reply = await self._call(
-            "POST",
-            "loops",
-            endpoint="create_loop",
-            json_body={"name": name, "description": description, "icon": icon},
-            deadline=deadline,
-        )
-        return self._expect_dict(_pick(reply, "loop"), "create_loop", status, reply)
+        body = {"name": name, "description": description, "icon": icon}
+        reply = await self._call("POST", "loops", "create_loop", deadline, json_body=body)
+        return reply.object("loop")
 
     async def register_webhook(
         self,
@@ -356,28 +365,12 @@ class HitlClient:
         body: dict[str, Any] = {"url": url, "events": events, "secret": secret}
         if loop_id is not None:
             body["loop_id"] = loop_id
-        status, reply = await self._call(
-            "POST", "webhooks", endpoint="register_webhook", json_body=body, deadline=deadline
-        )
-        return self._expect_dict(_pick(reply, "webhook"), "register_webhook", status, reply)
+        reply = await self._call("POST", "webhooks", "register_webhook", deadline, json_body=body)
+        return reply.object("webhook")
 
     async def list_webhooks(self, *, deadline: float | None = None) -> list[dict[str, Any]]:
-        _, reply = await self._call("GET", "webhooks", endpoint="list_webhooks", deadline=deadline)
-        items = _pick(reply, "webhooks")
-        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
-
-    @staticmethod
-    def _expect_dict(
-        value: Any, endpoint: str, status: int, reply: dict[str, Any]
-    ) -> dict[str, Any]:
-        if isinstance(value, dict):
-            return value
-        raise HitlPermanentError(
-            f"HITL.sh {endpoint} answered HTTP {status} without the expected object",
-            status=status,
-            msg=_opt_str(reply.get("msg")),
-            data=_data(reply),
-        )
+        reply = await self._call("GET", "webhooks", "list_webhooks", deadline)
+        return _dicts(reply.pick("webhooks"))
 
     # --- the attempt loop ------------------------------------------------------------------
 
@@ -388,14 +381,14 @@ class HitlClient:
         self,
         method: str,
         path: str,
-        *,
         endpoint: str,
+        deadline: float | None = None,
+        *,
         prefixed: bool = True,
         json_body: dict[str, Any] | None = None,
         params: dict[str, str | int] | None = None,
         idempotency_key: str | None = None,
-        deadline: float | None = None,
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> _Reply:
         http = self._http
         if http is None:
             raise RuntimeError("HitlClient.start() has not been called (or stop() has)")
@@ -403,123 +396,126 @@ class HitlClient:
             content = orjson.dumps(json_body) if json_body is not None else None
         except TypeError as exc:
             raise HitlPermanentError(f"HITL.sh {endpoint}: body is not JSON ({exc})") from None
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        url = self._url(path, prefixed)
+        request = http.build_request(
+            method,
+            self._url(path, prefixed),
+            content=content,
+            params=params,
+            headers={"Idempotency-Key": idempotency_key} if idempotency_key else None,
+        )
         # A POST without an idempotency key is repeated only when it surely was not processed.
         replay_safe = method != "POST" or idempotency_key is not None
-        s, clock, pacer, breaker = self._settings, self._clock, self.pacer, self.breaker
-        attempt = 0
+        s, attempt = self._settings, 0
         while True:
-            breaker.check()  # fail fast while open, before waiting for a permit
-            if not await pacer.acquire(deadline):
-                blocked = pacer.blocked_until()
-                wait = None if blocked is None else max(0.0, blocked - clock.monotonic())
-                raise HitlUnavailableError(
-                    f"HITL.sh {endpoint}: no call budget before the deadline; pause input"
-                    + ("" if wait is None else f" and retry after {wait:.1f}s"),
-                    retry_after=wait,
-                )
-            try:
-                probe = breaker.before_call()  # the breaker may have opened while we waited
-            except HitlUnavailableError:
-                pacer.release(responded=False, sent=False)
-                raise
-            started = clock.monotonic()
-            try:
-                response = await http.request(
-                    method, url, content=content, params=params, headers=headers
-                )
-            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
-                pacer.release(responded=False, sent=False)
-                breaker.abandon(probe)
-                self._observer.on_call(endpoint, None, clock.monotonic() - started)
-                raise HitlPermanentError(
-                    f"HITL.sh {endpoint}: cannot send ({type(exc).__name__}); check hitl.base_url"
-                ) from None
-            except httpx.RequestError as exc:
-                # Connect refused/reset, read timeout, bad encoding. After a read timeout the
-                # server may have acted on it: retrying with the same Idempotency-Key is the
-                # only safe way to find out.
-                now = clock.monotonic()
-                self._observer.on_call(endpoint, None, now - started)
-                pacer.release(responded=False, failed=True)
-                breaker.record_failure()
-                attempt += 1
-                unsent = isinstance(exc, httpx.ConnectError)
-                what = f"{type(exc).__name__}: {str(exc)[:200]}"
-                delay = full_jitter_backoff(
-                    attempt - 1, s.backoff_base_seconds, s.backoff_max_seconds, self._rng
-                )
-                await self._retry_or_raise(
-                    endpoint, attempt, what, delay, deadline, replay_safe or unsent, None, None
-                )
-                continue
-            except BaseException:
-                pacer.release(responded=False)  # cancelled mid-call: it may have been sent
-                breaker.abandon(probe)
-                raise
-            status = response.status_code
-            self._observer.on_call(endpoint, status, clock.monotonic() - started)
-            reply = _json(response.content)
-            now, wall = clock.monotonic(), clock.wall()
-            info = parse_rate_limit(
-                response.headers, wall, reply if status == 429 or endpoint == "test_key" else None
+            outcome = await self._attempt(http, request, endpoint, deadline)
+            if isinstance(outcome, _Reply):
+                return outcome
+            attempt += 1
+            now = self._clock.monotonic()
+            delay = full_jitter_backoff(
+                attempt - 1, s.backoff_base_seconds, s.backoff_max_seconds, self._rng
             )
-            if info is not None:
-                self._observer.on_rate_limit(info)
-            if 200 <= status < 300:
-                pacer.release(info)
-                breaker.record_success()
-                if not isinstance(reply, dict):
-                    raise HitlPermanentError(
-                        f"HITL.sh {endpoint} answered HTTP {status} with a body that is not a "
-                        "JSON object; check hitl.base_url",
-                        status=status,
-                        msg=_msg(reply, response),
-                    )
-                if reply.get("error") is True:
-                    msg = _msg(reply, response)
-                    raise HitlPermanentError(
-                        f"HITL.sh {endpoint} answered HTTP {status} with error: {msg}",
-                        status=status,
-                        msg=msg,
-                        data=_data(reply),
-                    )
-                return status, reply
-            msg = _msg(reply, response)
-            data = _data(reply) if isinstance(reply, dict) else None
-            if not is_retriable_status(status):
-                pacer.release(info)
-                breaker.record_success()  # it answered, so it is up; the request is wrong
+            if outcome.retry_at is not None:
+                delay = max(delay, outcome.retry_at - now)  # never earlier than we were told
+            if (
+                not (replay_safe or outcome.replayable)
+                or attempt > s.max_retries
+                or (deadline is not None and now + delay > deadline)
+            ):
+                raise HitlUnavailableError(
+                    f"HITL.sh {endpoint} failed after {attempt} attempt(s), last: "
+                    f"{outcome.what}; pause input and retry after {delay:.1f}s",
+                    status=outcome.status,
+                    msg=outcome.msg,
+                    data=outcome.data,
+                    retry_after=delay,
+                )
+            log.info(
+                "HITL %s attempt %d: %s; retry in %.2fs", endpoint, attempt, outcome.what, delay
+            )
+            await self._clock.sleep(delay)
+
+    async def _attempt(
+        self, http: httpx.AsyncClient, request: httpx.Request, endpoint: str, deadline: float | None
+    ) -> _Reply | _Retry:
+        """One attempt: breaker → permit → send → learn headers → classify; raises if final."""
+        clock, pacer, breaker = self._clock, self.pacer, self.breaker
+        breaker.check()  # fail fast while open, before queueing for a permit
+        if not await pacer.acquire(deadline):
+            blocked = pacer.blocked_until()
+            wait = None if blocked is None else max(0.0, blocked - clock.monotonic())
+            raise HitlUnavailableError(
+                f"HITL.sh {endpoint}: no call budget before the deadline; pause input"
+                + ("" if wait is None else f" and retry after {wait:.1f}s"),
+                retry_after=wait,
+            )
+        try:
+            probe = breaker.before_call()  # it may have opened while we queued
+        except HitlUnavailableError:
+            pacer.release(responded=False, sent=False)
+            raise
+        started = clock.monotonic()
+        try:
+            response = await http.send(request)
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+            pacer.release(responded=False, sent=False)
+            breaker.abandon(probe)
+            raise HitlPermanentError(
+                f"HITL.sh {endpoint}: cannot send ({type(exc).__name__}); check hitl.base_url"
+            ) from None
+        except (httpx.RequestError, aiohttp.ClientError) as exc:
+            # Refused, reset, read timeout, bad encoding. After a read timeout the server may
+            # have acted: only a retry with the same Idempotency-Key can find out safely.
+            self._observer.on_call(endpoint, None, clock.monotonic() - started)
+            pacer.release(responded=False, failed=True)
+            breaker.record_failure()
+            what = f"{type(exc).__name__}: {str(exc)[:200]}"
+            # httpx-aiohttp reports "refused" as ConnectTimeout; the cause tells the truth.
+            unsent = isinstance(exc, httpx.ConnectError) or isinstance(
+                exc.__cause__, aiohttp.ClientConnectorError
+            )
+            return _Retry(what, None, what, None, None, unsent)
+        except BaseException:
+            pacer.release(responded=False)  # cancelled mid-call: it may have been sent
+            breaker.abandon(probe)
+            raise
+        status = response.status_code
+        self._observer.on_call(endpoint, status, clock.monotonic() - started)
+        body = _json(response.content)
+        now, wall = clock.monotonic(), clock.wall()
+        usage = body if status == 429 or endpoint == "test_key" else None
+        info = parse_rate_limit(response.headers, wall, usage)
+        if info is not None:
+            self._observer.on_rate_limit(info)
+        msg = _msg(body, response)
+        data = body.get("data") if isinstance(body, dict) else None
+        if 200 <= status < 300 or not is_retriable_status(status):
+            pacer.release(info)
+            breaker.record_success()  # it answered: the service is up
+            if status >= 300:
                 raise HitlPermanentError(
                     f"HITL.sh rejected {endpoint}: HTTP {status}: {msg} (retrying will not help)",
                     status=status,
                     msg=msg,
                     data=data,
                 )
-            retry_at = self._retry_at(status, response.headers, info, now, wall)
-            # The barrier is shared: when one caller learns "not before T", all of them wait.
-            pacer.release(info, retry_at=retry_at, failed=status != 429)
-            if status == 429:
-                breaker.record_success()  # rate limited is not an outage
-            else:
-                breaker.record_failure(None if retry_at is None else retry_at - now)
-            attempt += 1
-            delay = full_jitter_backoff(
-                attempt - 1, s.backoff_base_seconds, s.backoff_max_seconds, self._rng
-            )
-            if retry_at is not None:
-                delay = max(delay, retry_at - now)
-            await self._retry_or_raise(
-                endpoint,
-                attempt,
-                f"HTTP {status}: {msg}",
-                delay,
-                deadline,
-                replay_safe or status == 429,
-                status,
-                (msg, data),
-            )
+            if not isinstance(body, dict) or body.get("error") is True:
+                raise HitlPermanentError(
+                    f"HITL.sh {endpoint} answered HTTP {status} with an error or a body that "
+                    f"is not a JSON object: {msg}",
+                    status=status,
+                    msg=msg,
+                    data=data,
+                )
+            return _Reply(endpoint, status, body)
+        retry_at = self._retry_at(status, response.headers, info, now, wall)
+        # The barrier is shared: once one caller learns "not before T", every caller waits.
+        pacer.release(info, retry_at=retry_at, failed=status != 429)
+        if status == 429:
+            breaker.record_success()  # rate limited is not an outage
+        else:
+            breaker.record_failure(None if retry_at is None else retry_at - now)
+        return _Retry(f"HTTP {status}: {msg}", status, msg, data, retry_at, status == 429)
 
     def _retry_at(
         self,
@@ -538,35 +534,3 @@ class HitlClient:
         if info is not None and info.reset_at is not None:
             return now + max(0.0, info.reset_at - wall)
         return now + min(_DEFAULT_429_WAIT, self._settings.backoff_max_seconds)
-
-    async def _retry_or_raise(
-        self,
-        endpoint: str,
-        attempt: int,
-        what: str,
-        delay: float,
-        deadline: float | None,
-        retriable: bool,
-        status: int | None,
-        detail: tuple[str, Any] | None,
-    ) -> None:
-        """Sleep ``delay`` before attempt ``attempt + 1``, or give up with the reason."""
-        now = self._clock.monotonic()
-        if (
-            not retriable
-            or attempt > self._settings.max_retries
-            or (deadline is not None and now + delay > deadline)
-        ):
-            msg, data = detail if detail is not None else (what, None)
-            raise HitlUnavailableError(
-                f"HITL.sh {endpoint} failed after {attempt} attempt(s), last: {what}; pause "
-                f"input and retry after {delay:.1f}s",
-                status=status,
-                msg=msg,
-                data=data,
-                retry_after=delay,
-            )
-        log.info(
-            "HITL %s attempt %d failed (%s); retrying in %.2fs", endpoint, attempt, what, delay
-        )
-        await self._clock.sleep(delay)

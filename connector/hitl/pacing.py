@@ -84,6 +84,7 @@ class ApiPacer:
         self._degraded = False
         self._responded = False
         self._headers_seen = False
+        self._probe_out = False
         self._remaining: int | None = None
         self._window_end: float | None = None  # monotonic
         self._reset_wall: float | None = None  # the window's id, as the server wrote it
@@ -153,6 +154,10 @@ class ApiPacer:
                 head = self._queue[0] is me
                 if decision is True and head:
                     self._queue.popleft()
+                    # A probe goes out alone, so its answer is recognisable in release().
+                    self._probe_out = not self._responded or (
+                        self._headers_seen and self._remaining is None
+                    )
                     self._in_flight += 1
                     self._wake_head()  # the next in line may get a permit too
                     return True
@@ -214,13 +219,14 @@ class ApiPacer:
         never left (then it used no budget).
         """
         now = self.clock.monotonic()
+        was_probe, self._probe_out = self._probe_out, False
         self._in_flight = max(0, self._in_flight - 1)
         if sent:
             self._slots.append(now + self._window)
         if responded:
             self._responded = True
         if info is not None:
-            self._learn(info, now)
+            self._learn(info, now, was_probe)
         elif responded and not failed and self._headers_seen:
             self._headers_seen = False  # the server stopped sending headers: use the config
         if failed:
@@ -231,7 +237,7 @@ class ApiPacer:
             self._barrier = float(retry_at)
         self._notify()
 
-    def _learn(self, info: RateLimitInfo, now: float) -> None:
+    def _learn(self, info: RateLimitInfo, now: float, was_probe: bool) -> None:
         if info.remaining is None:
             return
         self._headers_seen = True
@@ -250,14 +256,15 @@ class ApiPacer:
             self._remaining = info.remaining
             self._window_end = end
         elif info.reset_at >= self._reset_wall - _SAME_WINDOW_SECONDS:
-            if self._remaining is None:
-                # We rolled over but the server still counts in the old window: our clock is
-                # ahead of its. Widen the margin so the next rollover waits for it.
+            if self._remaining is None and was_probe:
+                # Our rollover probe was counted in the old window: our clock is ahead of the
+                # server's. Widen the margin so the next rollover waits for it. (A late answer
+                # to a call sent before the rollover proves nothing and is ignored.)
                 self._margin = min(_MAX_RESET_MARGIN, self._margin * 2 + 0.25)
                 log.info("HITL rate-limit window still open past reset; margin %.2fs", self._margin)
                 self._remaining = info.remaining
                 self._window_end = end
-            else:
+            elif self._remaining is not None:
                 self._remaining = min(self._remaining, info.remaining)
         # An older window's late response tells us nothing about the current one.
 

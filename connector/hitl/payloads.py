@@ -338,7 +338,7 @@ def normalize_request_object(obj: Any) -> NormalizedCallback:
     if not isinstance(obj, dict):
         raise MalformedPayload(f"request object must be a JSON object, got {type(obj).__name__}")
     # Unwrap at most two levels (envelope → data → request); fixed work, no recursion.
-    for wrapper in ("data", "request", "request"):
+    for wrapper in ("data", "request"):
         if obj.get("id") is None and obj.get("request_id") is None:
             inner = obj.get(wrapper)
             if isinstance(inner, dict):

@@ -26,7 +26,11 @@ _PARSE_ERRORS = (ValueError, TypeError, IndexError, OverflowError, OSError)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from wall-clock ``now``; negative clamps to 0; garbage → ``None``."""
+    """Seconds to wait from wall-clock ``now``; negative clamps to 0; garbage → ``None``.
+
+    An HTTP-date names a whole second and senders truncate ``now + delay`` to it, so we wait
+    until that second is over: never earlier than the sender meant, at most 1 s later.
+    """
     if value is None:
         return None
     text = value.strip()
@@ -37,7 +41,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     when = _parse_http_date(text)
     if when is None:
         return None
-    return max(0.0, when - now)
+    return max(0.0, when + 1.0 - now)
 
 
 def _parse_http_date(text: str) -> float | None:

@@ -1,6 +1,6 @@
 """Webhook signatures: HMAC-SHA256 of the raw body, hex, in either documented header style.
 
-Owns: computing a signature (``sign``, also used by the sandbox and tests), checking the
+Owns: computing a signature (``sign``, for senders such as the sandbox), checking the
 ``X-HITL-Signature-256: sha256=<hex>`` (S1) and ``X-HITL-Signature: <hex>`` (S2) headers against
 every configured secret (rotation), and the ``required | if-present | off`` acceptance rule.
 Does not own: reading the body or answering HTTP (the gateway), or the per-request callback

@@ -4,19 +4,26 @@ No auth, no rate limit, not counted as API calls, plain JSON (no HITL envelope):
 
 * ``GET  /sandbox/requests[?status=&loop_id=&api_key_id=]`` → ``{"requests": [...]}``
 * ``GET  /sandbox/requests/{id}`` → ``{"request": {...}}``
-* ``GET  /sandbox/stats`` → counters (see ``stats``)
+* ``GET  /sandbox/stats`` → counters (see ``stats``), incl. ``webhooks`` and reviewer counts
+* ``POST /sandbox/requests/{id}/respond`` ``{"response_data": <value>}`` → ``{"request":
+  {...}}``: answer by hand (400 invalid answer, 409 not pending/claimed, 404 unknown id)
+* ``GET  /sandbox/deliveries[?since=&request_id=&event=]`` → ``{"deliveries": [{ts,
+  request_id, event, url, attempt, status, error}]}`` (recent attempts, bounded log)
+* ``GET  /sandbox/webhooks`` → ``{"webhooks": [...]}`` every registered webhook (no secrets)
 * ``GET  /sandbox/calls[?since=<epoch>]`` → ``{"calls": [{ts, method, endpoint, style, status,
   api_key_id}]}``
 * ``POST /sandbox/loops`` ``{"id"?, "name"?, "api_key"?}`` → 201 ``{"loop": {...},
   "owner_key_id"}`` (shared by every key unless ``api_key`` names the owner; 200 with the
   existing loop if ``id`` is taken)
 * ``GET  /sandbox/config`` / ``PUT /sandbox/config`` (partial JSON of runtime options)
-* ``POST /sandbox/reset[?loops=true]`` → clears requests, idempotency keys, stats, calls and
-  rate-limit windows; keeps the configuration (and loops unless ``loops=true``).
+* ``POST /sandbox/reset[?loops=true]`` → clears requests, idempotency keys, registered
+  webhooks, scheduled answers/timeouts, pending deliveries, stats, calls and rate-limit
+  windows; keeps the configuration (and loops unless ``loops=true``).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -25,8 +32,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from connector.sandbox.answers import AnswerError
 from connector.sandbox.app import Sandbox, json_response
 from connector.sandbox.options import RUNTIME_FIELDS
+from connector.sandbox.reviewer import NotAnswerable
 
 
 def _bad(msg: str, data: Any = None) -> Response:
@@ -70,8 +79,60 @@ def admin_routes(sandbox: Sandbox) -> list[Route]:
             "unknown_fields": s.unknown_fields,
             "errors_injected": s.errors_injected,
             "loops": len(state.loops),
+            "auto_reviewed": s.auto_reviewed,
+            "answered_by_hand": s.answered_by_hand,
+            "timeouts": s.timeouts,
+            "claims": s.claims,
+            "escalations": s.escalations,
+            "webhooks": {**asdict(s.webhooks), **sandbox.dispatcher.backlog()},
+            "scheduled_reviews": len(sandbox.reviewer.timers),
         }
         return json_response(200, body)
+
+    async def respond(request: Request) -> Response:
+        record = state.requests.get(request.path_params["request_id"])
+        if record is None:
+            return json_response(404, {"error": True, "msg": "Request not found"})
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _bad("Invalid request body")
+        if not isinstance(body, dict) or "response_data" not in body:
+            return _bad('Body must be {"response_data": <value>}')
+        try:
+            sandbox.reviewer.respond(record, body["response_data"])
+        except NotAnswerable as exc:
+            return json_response(409, {"error": True, "msg": str(exc)})
+        except AnswerError as exc:
+            return _bad(
+                str(exc), {"field": "response_data", "response_type": record.body["response_type"]}
+            )
+        return json_response(200, {"request": record.admin()})
+
+    async def deliveries(request: Request) -> Response:
+        q = request.query_params
+        since = float(q.get("since", "0") or 0)
+        request_id, event = q.get("request_id"), q.get("event")
+        rows = [
+            {
+                "ts": ts,
+                "request_id": rid,
+                "event": ev,
+                "url": url,
+                "attempt": attempt,
+                "status": status,
+                "error": err,
+            }
+            for ts, rid, ev, url, attempt, status, err in state.deliveries
+            if ts >= since
+            and (request_id is None or rid == request_id)
+            and (event is None or ev == event)
+        ]
+        return json_response(200, {"deliveries": rows})
+
+    async def webhooks(request: Request) -> Response:
+        hooks = [{**h.public(), "api_key_id": h.key_id} for h in state.webhooks.values()]
+        return json_response(200, {"webhooks": hooks})
 
     async def calls(request: Request) -> Response:
         since = float(request.query_params.get("since", "0") or 0)
@@ -136,13 +197,15 @@ def admin_routes(sandbox: Sandbox) -> list[Route]:
         return json_response(200, config_body())
 
     async def reset(request: Request) -> Response:
-        state.reset(drop_loops=request.query_params.get("loops") == "true")
-        sandbox.limiter.reset()
+        sandbox.reset(drop_loops=request.query_params.get("loops") == "true")
         return json_response(200, {"reset": True})
 
     return [
         Route("/sandbox/requests", list_requests, methods=["GET"]),
         Route("/sandbox/requests/{request_id}", get_request, methods=["GET"]),
+        Route("/sandbox/requests/{request_id}/respond", respond, methods=["POST"]),
+        Route("/sandbox/deliveries", deliveries, methods=["GET"]),
+        Route("/sandbox/webhooks", webhooks, methods=["GET"]),
         Route("/sandbox/stats", stats, methods=["GET"]),
         Route("/sandbox/calls", calls, methods=["GET"]),
         Route("/sandbox/loops", create_loop, methods=["POST"]),

@@ -140,7 +140,7 @@ def _random_multi(
     low = max(int(config.get("min_selections") or 0), 1)
     high = min(int(config.get("max_selections") or len(values)), len(values))
     count = rng.randint(min(low, high), high)
-    weight = {v: 0.0 for v in values}
+    weight = dict.fromkeys(values, 0.0)
     for key, w in mix.items():
         value = _option_value(config, key)
         if value is not None and w > 0:
@@ -182,9 +182,9 @@ def parse_answer(response_type: str, config: Mapping[str, Any], value: Any) -> A
         if not isinstance(value, str) or not low <= len(value) <= high:
             raise AnswerError(f"response_data must be a string of {low} to {high} characters")
         return value
-    low, high = _range(response_type, config)
-    if not _is_number(value) or not low <= value <= high:
-        raise AnswerError(f"response_data must be a number between {low} and {high}")
+    bottom, top = _range(response_type, config)
+    if not _is_number(value) or not bottom <= value <= top:
+        raise AnswerError(f"response_data must be a number between {bottom} and {top}")
     return _tidy(value)
 
 

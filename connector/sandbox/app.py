@@ -17,7 +17,9 @@ remembered per (API key, idempotency key); a repeat returns the stored 201 body 
 
 Authenticated responses carry ``X-RateLimit-Limit/Remaining/Reset`` when a limit is set.
 Every call (any status) is counted in stats and appended to the call log. Admin routes live
-in ``admin.py``; ``server.py`` assembles the app and runs it.
+in ``admin.py``, webhook registration in ``registry.py``; ``server.py`` assembles the app and
+runs it. ``Sandbox.start``/``stop`` run the reviewer's and the webhook dispatcher's
+background tasks (the server's lifespan calls them).
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from connector.sandbox.faults import FaultInjector
 from connector.sandbox.options import SandboxOptions
 from connector.sandbox.ratelimit import FixedWindowLimiter
+from connector.sandbox.responses import JSON, DroppedResponse, error, invalid, json_response, ok
+from connector.sandbox.reviewer import Reviewer
 from connector.sandbox.state import STATUSES, SandboxState, iso, sort_requests, stable_id
 from connector.sandbox.validation import (
     DOCUMENTED_FIELDS,
@@ -45,45 +48,12 @@ from connector.sandbox.validation import (
     unknown_fields,
     validate_create_request,
 )
+from connector.sandbox.webhooks import WebhookDispatcher
 
 Clock = Callable[[], float]
-JSON = "application/json"
 SORTS = ("created_at_desc", "created_at_asc", "priority_desc", "status_asc")
 PERMISSIONS = ["loops:read", "loops:write", "requests:read", "requests:write"]
-
-
-def json_response(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(content), status, headers, JSON)
-
-
-def ok(status: int, msg: str, data: Any) -> Response:
-    return json_response(status, {"error": False, "msg": msg, "data": data})
-
-
-def error(
-    status: int, msg: str, data: Any = None, headers: dict[str, str] | None = None
-) -> Response:
-    body: dict[str, Any] = {"error": True, "msg": msg}
-    if data is not None:
-        body["data"] = data
-    return json_response(status, body, headers)
-
-
-def invalid(field: str, issue: str, msg: str = "Validation failed") -> Response:
-    return error(400, msg, {"field": field, "issue": issue})
-
-
-class DroppedResponse(Response):
-    """Starts a 201 and closes the connection mid-body: an ambiguous success."""
-
-    def __init__(self) -> None:
-        super().__init__(status_code=201)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"content-type", JSON.encode()), (b"content-length", b"4096")]
-        await send({"type": "http.response.start", "status": 201, "headers": headers})
-        await send({"type": "http.response.body", "body": b"{", "more_body": True})
-        # Returning now leaves the response incomplete; the server closes the connection.
+__all__ = ["Caller", "Clock", "Sandbox", "error", "invalid", "json_response", "ok"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +65,16 @@ Handler = Callable[[Request, Caller], Awaitable[Response]]
 
 
 class Sandbox:
-    """Options, store, limiter and fault injector shared by all routes."""
+    """Options, store, limiter, fault injector, reviewer and webhook dispatcher."""
 
     def __init__(self, options: SandboxOptions, clock: Clock = time.time) -> None:
         self.clock = clock
         self.options = options
-        self.state = SandboxState(options.loop_members, options.call_log_size)
+        self.state = SandboxState(
+            options.loop_members, options.call_log_size, options.delivery_log_size
+        )
+        self.dispatcher = WebhookDispatcher(self.state, options, clock)
+        self.reviewer = Reviewer(self.state, options, self.dispatcher, clock)
         self.limiter = FixedWindowLimiter(
             options.rate_limit_calls, options.rate_limit_window_seconds, clock
         )
@@ -117,8 +91,26 @@ class Sandbox:
             self.limiter.reset()
         self.limiter.calls = new.rate_limit_calls
         self.faults.configure(new, self.clock(), outage_changed="outage_seconds" in patch)
+        self.dispatcher.configure(new)
+        self.reviewer.configure(new)
         self.options = new
         return new
+
+    def start(self) -> None:
+        """Start the background tasks on the running (the server's) event loop."""
+        self.dispatcher.start()
+        self.reviewer.start()
+
+    async def stop(self) -> None:
+        """Reviewer first (no new events), then the dispatcher; safe to call twice."""
+        await self.reviewer.stop()
+        await self.dispatcher.stop()
+
+    def reset(self, *, drop_loops: bool = False) -> None:
+        self.reviewer.clear()
+        self.dispatcher.clear()
+        self.state.reset(drop_loops=drop_loops)
+        self.limiter.reset()
 
     def key_id(self, api_key: str) -> str:
         found = self._key_ids.get(api_key)
@@ -219,8 +211,14 @@ class Sandbox:
             return error(400, "No active members found in the loop")
         documented = {k: v for k, v in body.items() if k in DOCUMENTED_FIELDS}
         record = self.state.add_request(
-            self.clock(), key_id=caller.key_id, loop=loop, body=documented, idempotency_key=idem
+            self.clock(),
+            key_id=caller.key_id,
+            loop=loop,
+            body=documented,
+            idempotency_key=idem,
+            timeout_scale=self.options.timeout_scale,
         )
+        self.reviewer.created(record)
         members = len(loop.members)
         payload = orjson.dumps(
             {
@@ -264,24 +262,26 @@ class Sandbox:
         record = self._own_request(request, caller)
         if isinstance(record, Response):
             return record
-        if record.status != "pending":
+        if record.status not in ("pending", "claimed"):  # G1: pending or claimed
             return error(400, "Request cannot be cancelled in current state")
         now = self.clock()
-        record.status = "cancelled"
+        record.previous_status, record.status = record.status, "cancelled"
         record.cancelled_at = record.updated_at = now
         self.state.stats.cancels += 1
-        if self.options.refund_on_cancel:
+        refunded = record.refunded = (
+            self.options.refund_on_cancel and record.previous_status == "pending"
+        )
+        if refunded:
             self.limiter.refund(caller.key_id)
+        reason = f"{record.previous_status.capitalize()} request cancelled"
         data = {
             "request_id": record.id,
             "status": "cancelled",
             "cancelled_at": iso(now),
-            "previous_status": "pending",
-            "refund_info": {
-                "refunded": self.options.refund_on_cancel,
-                "reason": "Pending request cancelled",
-            },
+            "previous_status": record.previous_status,
+            "refund_info": {"refunded": refunded, "reason": reason},
         }
+        self.reviewer.cancelled(record)
         return ok(200, "Request cancelled successfully", data)
 
     async def list_requests(self, request: Request, caller: Caller) -> Response:

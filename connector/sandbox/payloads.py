@@ -40,9 +40,7 @@ def build_payload(
     """The JSON body of ``event`` for ``record`` in ``style``."""
     if style == "flat":
         return _flat(event, record)
-    data = {"seed": _seed, "data_response": _data_response}.get(style, _nested)(
-        event, record, loop
-    )
+    data = {"seed": _seed, "data_response": _data_response}.get(style, _nested)(event, record, loop)
     return {"event": event, "timestamp": iso(now), "data": data}
 
 
@@ -71,9 +69,8 @@ def _nested(event: str, record: RequestRecord, loop: LoopRecord | None) -> dict[
             "created_at": iso(record.created_at),
             "updated_at": iso(record.updated_at),
         }
-        refunded = record.previous_status == "pending"
-        reason = "Pending request cancelled" if refunded else "Request was already claimed"
-        refund = {"refunded": refunded, "reason": reason}
+        reason = f"{(record.previous_status or 'pending').capitalize()} request cancelled"
+        refund = {"refunded": record.refunded, "reason": reason}
         return {"request": request, "loop": loop_info, "refund_info": refund}
     request = record.summary()
     if event == TIMEOUT:

@@ -3,14 +3,19 @@ blocking ``serve`` and the argparse glue for ``hitl-connector sandbox``.
 
 ``SandboxServer`` runs uvicorn on its own event loop in a daemon thread, on a real loopback
 socket (port 0 picks a free one). Talk to it over HTTP only: the store belongs to that loop.
+The app's lifespan starts and stops the reviewer and webhook tasks on that loop, so uvicorn's
+shutdown (``SandboxServer.stop()``, Ctrl-C) stops them cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import TracebackType
 
 import uvicorn
@@ -22,6 +27,7 @@ from starlette.responses import Response
 from connector.sandbox.admin import admin_routes
 from connector.sandbox.app import Clock, Sandbox, error
 from connector.sandbox.options import SandboxOptions
+from connector.sandbox.registry import webhook_routes
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -33,9 +39,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(options: SandboxOptions | None = None, clock: Clock = time.time) -> Starlette:
     """Build the sandbox ASGI app; ``app.state.sandbox`` is the ``Sandbox`` behind it."""
     sandbox = Sandbox(options or SandboxOptions(), clock)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sandbox.start()
+        try:
+            yield
+        finally:
+            await sandbox.stop()
+
     app = Starlette(
-        routes=[*sandbox.api_routes(), *admin_routes(sandbox)],
+        routes=[*sandbox.api_routes(), *webhook_routes(sandbox), *admin_routes(sandbox)],
         exception_handlers={404: _http_error, 405: _http_error},
+        lifespan=lifespan,
     )
     app.state.sandbox = sandbox
     return app
@@ -48,7 +64,7 @@ def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Con
         port=port,
         log_level=log_level,
         access_log=False,
-        lifespan="off",
+        lifespan="on",
         ws="none",
         server_header=False,
         timeout_keep_alive=30,
@@ -167,7 +183,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--reject-msg", default="Validation failed", help="msg of the reject rule's 400")
     add("--ambiguous-marker", default=None, help="creates with this text: stored, then dropped")
     add("--ambiguous-rate", type=float, default=0.0, help="share of creates stored then dropped")
-    add("--seed", type=int, default=None, help="random seed for fault injection")
+    add("--seed", type=int, default=None, help="random seed for faults, answers and webhooks")
+    _add_reviewer_arguments(parser)
+
+
+def _add_reviewer_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--auto-review", action="store_true", help="answer pending requests automatically")
+    add("--review-delay-min-ms", type=float, default=500.0, help="auto-review delay low end")
+    add("--review-delay-max-ms", type=float, default=2000.0, help="auto-review delay high end")
+    add(
+        "--answer-mix",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help='answer weights, e.g. \'{"approved": 8, "rejected": 2}\'',
+    )
+    add("--claim-events", action="store_true", help="send request.claimed before answering")
+    add("--escalate-share", type=float, default=0.0, help="share of requests escalated first")
+    add("--response-data-style", choices=("raw", "structured"), default="raw")
+    add("--timeout-scale", type=float, default=1.0, help="multiply timeout_seconds (tests)")
+    add(
+        "--webhook-payload-style",
+        choices=("nested", "flat", "seed", "data_response"),
+        default="nested",
+        help="P1 nested data.request / P2 flat / P4 data.decision / P5 data.response_data",
+    )
+    add(
+        "--webhook-signature",
+        choices=("sha256", "plain", "none"),
+        default="sha256",
+        help="X-HITL-Signature-256: sha256=<hex> / X-HITL-Signature: <hex> / unsigned",
+    )
+    add("--webhook-secret", default=None, help="secret for callback_url deliveries")
+    add("--webhook-retry-scale", type=float, default=1.0, help="multiply the retry schedule")
+    add("--webhook-timeout-seconds", type=float, default=30.0, help="per delivery attempt")
+    add("--webhook-concurrency", type=int, default=32, help="parallel webhook senders")
+    add("--webhook-drop-share", type=float, default=0.0, help="share of deliveries never sent")
+    add("--webhook-duplicate-share", type=float, default=0.0, help="share sent twice")
+    add("--webhook-reorder-share", type=float, default=0.0, help="share sent after the next")
+    add("--webhook-delay-ms", type=float, default=0.0, help="max random extra delivery delay")
 
 
 def options_from_args(args: argparse.Namespace) -> SandboxOptions:
@@ -191,4 +246,22 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
         ambiguous_marker=args.ambiguous_marker,
         ambiguous_rate=args.ambiguous_rate,
         seed=args.seed,
+        auto_review=args.auto_review,
+        review_delay_min_ms=args.review_delay_min_ms,
+        review_delay_max_ms=args.review_delay_max_ms,
+        answer_mix=args.answer_mix,
+        claim_events=args.claim_events,
+        escalate_share=args.escalate_share,
+        response_data_style=args.response_data_style,
+        timeout_scale=args.timeout_scale,
+        webhook_payload_style=args.webhook_payload_style,
+        webhook_signature=args.webhook_signature,
+        webhook_secret=args.webhook_secret,
+        webhook_retry_scale=args.webhook_retry_scale,
+        webhook_timeout_seconds=args.webhook_timeout_seconds,
+        webhook_concurrency=args.webhook_concurrency,
+        webhook_drop_share=args.webhook_drop_share,
+        webhook_duplicate_share=args.webhook_duplicate_share,
+        webhook_reorder_share=args.webhook_reorder_share,
+        webhook_delay_ms=args.webhook_delay_ms,
     )

@@ -92,6 +92,7 @@ class RequestRecord:
     claimed_at: float | None = None
     cancelled_at: float | None = None
     previous_status: str | None = None
+    refunded: bool = False
     answer: Any = None  # the canonical raw answer (option value, number, bool, list, text)
     reviewer: dict[str, Any] | None = None  # {user_id, name, email} of who answered/claimed
 

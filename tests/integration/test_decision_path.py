@@ -104,7 +104,9 @@ async def run_and_check(
     await produce(bootstrap, settings.topics.input, items)
 
     async def decided() -> bool:
-        snap = await offsets(bootstrap, f"{settings.kafka.group_id}-resolver", settings.topics.callbacks)
+        snap = await offsets(
+            bootstrap, f"{settings.kafka.group_id}-resolver", settings.topics.callbacks
+        )
         if not snap.done:
             return False
         return len(await read_all(bootstrap, settings.topics.output)) >= n
@@ -128,7 +130,9 @@ async def run_and_check(
         if d["status"] == "completed":
             assert d["decided_by"] == "human"
             assert d["decision"] in {"approved", "rejected", "needs_changes"}
-    e2e = [d["latency"]["end_to_end_seconds"] for d in decisions if d["latency"]["end_to_end_seconds"]]
+    e2e = [
+        d["latency"]["end_to_end_seconds"] for d in decisions if d["latency"]["end_to_end_seconds"]
+    ]
     return {
         "decisions": len(decisions),
         "seconds": took,
@@ -164,19 +168,23 @@ async def test_every_payload_and_signature_style_gives_one_decision_each(
 
 
 async def test_5000_events_with_the_auto_reviewer(kafka_bootstrap: str, running: Any) -> None:
-    with SandboxServer(reviewer(webhook_payload_style="nested", webhook_signature="sha256")) as sandbox:
-        settings = decision_settings(kafka_bootstrap, sandbox.url, gateway={"signature": "required"})
+    with SandboxServer(
+        reviewer(webhook_payload_style="nested", webhook_signature="sha256")
+    ) as sandbox:
+        settings = decision_settings(
+            kafka_bootstrap, sandbox.url, gateway={"signature": "required"}
+        )
         app = await running(settings)
         figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 5000)
         acks = sorted(app.gateway.app.stats.ack_seconds) if app.gateway else []
         p = lambda q: acks[min(len(acks) - 1, int(q * len(acks)))] * 1000  # noqa: E731
-        print(
-            f"\ndecision-path[5000]: {figures} gateway_ack_ms p50={p(0.5):.1f} p99={p(0.99):.1f}"
-        )
+        print(f"\ndecision-path[5000]: {figures} gateway_ack_ms p50={p(0.5):.1f} p99={p(0.99):.1f}")
         assert figures["api_calls_per_decision"] <= 1.05
 
 
-async def test_dropped_webhooks_are_recovered_by_polling(kafka_bootstrap: str, running: Any) -> None:
+async def test_dropped_webhooks_are_recovered_by_polling(
+    kafka_bootstrap: str, running: Any
+) -> None:
     with SandboxServer(reviewer(webhook_drop_share=0.2)) as sandbox:
         settings = decision_settings(kafka_bootstrap, sandbox.url)
         app = await running(settings)
@@ -211,7 +219,9 @@ async def test_timeout_gives_the_default_response(kafka_bootstrap: str, running:
             return len(await read_all(kafka_bootstrap, settings.topics.output)) >= 5
 
         await wait_until(five, timeout=60, what="timeout decisions")
-        decisions = [orjson.loads(r.value) for r in await read_all(kafka_bootstrap, settings.topics.output)]
+        decisions = [
+            orjson.loads(r.value) for r in await read_all(kafka_bootstrap, settings.topics.output)
+        ]
         assert len(decisions) == 5
         for d in decisions:
             assert (d["status"], d["decided_by"], d["decision"]) == (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,21 @@ async def test_paused_broker_answers_nothing_until_resumed(tmp_path: Path) -> No
         finally:
             await admin.close()
     assert not broker.running
+
+
+async def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    script = (
+        "import asyncio, os, sys\n"
+        "from connector.devkafka import DevKafka\n"
+        "broker = DevKafka(sys.argv[1], heap='384m')\n"
+        "asyncio.run(broker.start())\n"
+        "os.kill(os.getpid(), 9)\n"  # no atexit, no teardown: as when CI times out
+    )
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, str(tmp_path / "kafka"), cwd=Path(__file__).parents[2]
+    )
+    assert await parent.wait() == -9
+
+    async with asyncio.timeout(10):
+        while _java_processes_using(tmp_path / "kafka"):
+            await asyncio.sleep(0.1)

@@ -421,6 +421,38 @@ def test_post_without_idempotency_key_is_not_replayed_after_a_5xx() -> None:
     assert len(server.calls) == 1
 
 
+def test_post_without_idempotency_key_is_replayed_after_refused_or_429() -> None:
+    async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
+        assert (await client.create_loop("n", "d", "i"))["id"] == "l"
+
+    server = run_client(
+        body,
+        httpx.ConnectError("refused"),
+        error(429, "limit", **{"Retry-After": "1"}),
+        httpx.Response(201, json={"data": {"loop": {"id": "l"}}}),
+    )
+    assert len(server.calls) == 3
+
+
+def test_a_caller_cancelled_mid_call_returns_its_permit() -> None:
+    async def main(clock: Clock) -> None:
+        async def hang(request: httpx.Request) -> httpx.Response:
+            await clock.sleep(3600)
+            return created()
+
+        client = HitlClient(settings(), transport=httpx.MockTransport(hang), clock=clock)
+        async with client:
+            task = asyncio.create_task(create(client))
+            await clock.sleep(1)
+            assert client.pacer.in_flight == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert client.pacer.in_flight == 0
+
+    run_virtual(main)
+
+
 # --- the breaker and the shared barrier ---------------------------------------------------------
 
 

@@ -218,6 +218,23 @@ def test_server_clock_behind_ours_widens_the_reset_margin() -> None:
     run_virtual(main)
 
 
+def test_a_late_answer_from_the_old_window_does_not_widen_the_margin() -> None:
+    async def main(clock: Clock) -> None:
+        pacer = ApiPacer(20, 10, clock=clock, reset_margin=0.1)
+        reset = clock.wall() + 2
+        await pacer.acquire()
+        pacer.release(info(5, reset))
+        assert await pacer.acquire(deadline=0)  # sent in the old window…
+        await clock.sleep(2.5)
+        assert pacer.blocked_until() is None  # …the window rolled over meanwhile
+        pacer.release(info(4, reset))  # …and its answer arrives late
+        assert await pacer.acquire(deadline=clock.monotonic())  # the new window's probe
+        pacer.release(info(0, reset + 10))
+        assert pacer.blocked_until() == pytest.approx(12 + 0.1)
+
+    run_virtual(main)
+
+
 def test_unsent_release_uses_no_budget() -> None:
     async def main(clock: Clock) -> None:
         pacer = ApiPacer(1, 10, clock=clock)
@@ -230,6 +247,43 @@ def test_unsent_release_uses_no_budget() -> None:
         assert pacer.blocked_until() is None
 
     run_virtual(main)
+
+
+def test_a_cancelled_head_waiter_passes_its_turn_on() -> None:
+    async def main(clock: Clock) -> None:
+        pacer = ApiPacer(1000, 10, max_in_flight=1, clock=clock)
+        await pacer.acquire()
+        first = asyncio.create_task(pacer.acquire())
+        second = asyncio.create_task(pacer.acquire())
+        await clock.sleep(1)
+        first.cancel()
+        await asyncio.sleep(0)
+        pacer.release(None)
+        assert await second
+        assert first.cancelled()
+
+    run_virtual(main)
+
+
+def test_waiters_are_served_first_come_first_served() -> None:
+    async def main(clock: Clock) -> list[int]:
+        pacer = ApiPacer(1000, 10, max_in_flight=1, clock=clock)
+        await pacer.acquire()
+        order: list[int] = []
+
+        async def caller(i: int) -> None:
+            await pacer.acquire()
+            order.append(i)
+            await clock.sleep(0.1)
+            pacer.release(None)
+
+        tasks = [asyncio.create_task(caller(i)) for i in range(5)]
+        await clock.sleep(1)
+        pacer.release(None)
+        await asyncio.gather(*tasks)
+        return order
+
+    assert run_virtual(main) == [0, 1, 2, 3, 4]
 
 
 class FixedWindowServer:

@@ -43,8 +43,10 @@ def test_retry_after_delta_seconds(value: str | None, expected: float | None) ->
     assert parse_retry_after(value, NOW) == expected
 
 
-def test_retry_after_http_date_is_seconds_from_now() -> None:
-    assert parse_retry_after(http_date(NOW + 42), NOW) == pytest.approx(42.0)
+def test_retry_after_http_date_waits_until_the_named_second_is_over() -> None:
+    assert parse_retry_after(http_date(NOW + 42), NOW) == pytest.approx(43.0)
+    # The sender meant now + 5 = …:04.6 and wrote …:04; we must not call before …:04.6.
+    assert parse_retry_after(http_date(NOW + 4), NOW - 0.6) == pytest.approx(5.6)
 
 
 def test_retry_after_http_date_in_the_past_clamps_to_zero() -> None:
@@ -52,8 +54,8 @@ def test_retry_after_http_date_in_the_past_clamps_to_zero() -> None:
 
 
 def test_retry_after_rfc850_and_asctime_dates() -> None:
-    assert parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", 784111777.0) == 0.0
-    assert parse_retry_after("Sun Nov  6 08:49:37 1994", 784111770.0) == pytest.approx(7.0)
+    assert parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", 784111778.0) == 0.0
+    assert parse_retry_after("Sun Nov  6 08:49:37 1994", 784111770.0) == pytest.approx(8.0)
 
 
 @settings(max_examples=300)
