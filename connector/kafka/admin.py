@@ -8,6 +8,7 @@ producing or consuming.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -109,7 +110,13 @@ async def ensure_topics(settings: Settings, *, create: bool) -> list[str]:
                 + ", ".join(s.name for s in missing)
                 + "; run `hitl-connector topics create` or set topics.create=true"
             )
-        counts = _partition_counts(await admin.describe_topics([s.name for s in specs]))
+        names = [s.name for s in specs]
+        counts = _partition_counts(await admin.describe_topics(names))
+        for _ in range(100):  # a new topic takes a moment to appear in the broker's metadata
+            if not created or all(n in counts for n in names):
+                break
+            await asyncio.sleep(0.1)
+            counts = _partition_counts(await admin.describe_topics(names))
         problems = [f"topic {s.name} does not exist" for s in specs if s.name not in counts]
         t = settings.topics
         if counts.get(t.requests) != counts.get(t.callbacks):
