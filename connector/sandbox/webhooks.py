@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -78,13 +79,20 @@ class Delivery:
     body: bytes
     headers: dict[str, str]
     generation: int
+    seq: int  # emit order: a held delivery waits for one with a higher seq
     attempt: int = 1
     hold: bool = False  # reorder fault: wait for the next delivery to the same URL
     was_held: bool = False
 
     def copy(self) -> Delivery:
         return Delivery(
-            self.request_id, self.event, self.url, self.body, self.headers, self.generation
+            self.request_id,
+            self.event,
+            self.url,
+            self.body,
+            self.headers,
+            self.generation,
+            self.seq,
         )
 
 
@@ -103,20 +111,22 @@ class WebhookDispatcher:
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._held: dict[str, list[Delivery]] = {}
         self._generation = 0
+        self._seq = itertools.count()
         self._senders: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
         self.in_flight = 0
+        self._waiting = 0  # retries and delayed sends in ``timers`` (not reorder checks)
 
     def configure(self, options: SandboxOptions) -> None:
         self.options = options
 
     def backlog(self) -> dict[str, int]:
-        """Deliveries not finished yet (``scheduled`` includes retries and delays)."""
+        """Deliveries not finished yet (``scheduled``: waiting for a retry or a delay)."""
         return {
             "queued": self._queue.qsize(),
             "in_flight": self.in_flight,
             "held": sum(len(v) for v in self._held.values()),
-            "scheduled": len(self.timers),
+            "scheduled": self._waiting,
         }
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -156,6 +166,7 @@ class WebhookDispatcher:
             self._queue.get_nowait()
         self._held.clear()
         self.timers.clear()
+        self._waiting = 0
 
     # ---- emitting -------------------------------------------------------------------------
 
@@ -180,7 +191,10 @@ class WebhookDispatcher:
             headers = {"Content-Type": "application/json"}
             headers.update(signature_headers(body, secret, options.webhook_signature))
             stats.bump_event(event, "emitted")
-            self._first(Delivery(record.id, event, url, body, headers, self._generation), now)
+            delivery = Delivery(
+                record.id, event, url, body, headers, self._generation, next(self._seq)
+            )
+            self._first(delivery, now)
 
     def _first(self, delivery: Delivery, now: float) -> None:
         """Draw the faults for one delivery and start it."""
@@ -199,7 +213,7 @@ class WebhookDispatcher:
                 copy.hold = True
             delay = rng.uniform(0, options.webhook_delay_ms) / 1000
             if delay > 0:
-                self.timers.at(now + delay, functools.partial(self._ready, copy))
+                self._later(now + delay, functools.partial(self._ready, copy))
             else:
                 self._ready(copy)
 
@@ -221,9 +235,15 @@ class WebhookDispatcher:
                 del self._held[delivery.url]
             self._enqueue_released(delivery)
 
-    def _release_all(self, url: str) -> None:
-        for delivery in self._held.pop(url, ()):
-            self._enqueue_released(delivery)
+    def _release_before(self, url: str, seq: int) -> None:
+        """Release the deliveries to ``url`` held before the one with ``seq`` was emitted."""
+        held = self._held.pop(url)
+        for delivery in held:
+            if delivery.seq < seq:
+                self._enqueue_released(delivery)
+        keep = [d for d in held if d.seq > seq]
+        if keep:
+            self._held[url] = keep
 
     def _enqueue_released(self, delivery: Delivery) -> None:
         delivery.hold, delivery.was_held = False, True
@@ -276,9 +296,20 @@ class WebhookDispatcher:
             else:
                 delay = RETRY_SCHEDULE_SECONDS[attempt] * self.options.webhook_retry_scale
                 delivery.attempt = attempt + 1
-                self.timers.at(self.clock() + delay, functools.partial(self._retry, delivery))
+                self._later(self.clock() + delay, functools.partial(self._retry, delivery))
         if not delivery.was_held and delivery.url in self._held:
-            self._release_all(delivery.url)  # the reorder fault: held ones go after this one
+            self._release_before(delivery.url, delivery.seq)  # reorder: held ones go after it
+
+    def _later(self, when: float, fn: Callable[[], None]) -> None:
+        self._waiting += 1
+        generation = self._generation
+
+        def run() -> None:
+            if generation == self._generation:
+                self._waiting -= 1
+                fn()
+
+        self.timers.at(when, run)
 
     def _retry(self, delivery: Delivery) -> None:
         if delivery.generation == self._generation:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import socket
 import statistics
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
