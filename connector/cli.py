@@ -1,6 +1,7 @@
 """The ``hitl-connector`` command line. Parses flags and calls into the package; no logic.
 
-Commands (design §8): run, check [--live], topics create, sandbox, dev-kafka, loadgen.
+Commands (design §8): run, check [--live], topics create, pending list, reconcile,
+webhooks register|list, sandbox, dev-kafka, loadgen.
 Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 """
 
@@ -9,8 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+import orjson
 
 from connector.config import Settings, load_settings
 from connector.errors import ConfigError, ConnectorError, HitlError
@@ -87,6 +91,46 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pending_list(args: argparse.Namespace) -> int:
+    from connector import ops
+
+    rows = ops.run(ops.read_pending(_settings(args)))
+    if args.json:
+        for row in rows:
+            print(orjson.dumps(row.to_json()).decode())
+    else:
+        print(ops.format_pending(rows))
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from connector import ops
+
+    result = ops.run(ops.reconcile_once(_settings(args)))
+    print("reconcile: " + ops.format_result(result))
+    return 0
+
+
+def cmd_webhooks_register(args: argparse.Namespace) -> int:
+    from connector import ops
+
+    secret = args.secret or os.environ.get("HITL_WEBHOOK_SECRET", "").split(",")[0].strip()
+    if not secret:
+        raise ConfigError("webhooks register needs --secret or HITL_WEBHOOK_SECRET")
+    events = [e.strip() for e in args.events.split(",") if e.strip()]
+    created = ops.run(ops.register_webhook(_settings(args), args.url, events, secret, args.loop_id))
+    print(orjson.dumps(created, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_webhooks_list(args: argparse.Namespace) -> int:
+    from connector import ops
+
+    for hook in ops.run(ops.list_webhooks(_settings(args))):
+        print(orjson.dumps(hook).decode())
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from connector.sandbox.server import options_from_args, serve
 
@@ -131,6 +175,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = tsub.add_parser("create", help="create missing topics and validate all")
     _add_config(p)
     p.set_defaults(func=cmd_topics_create)
+
+    pending = sub.add_parser("pending", help="requests waiting for a human")
+    psub = pending.add_subparsers(dest="pending_command", required=True)
+    p = psub.add_parser("list", help="pending requests with age and loop")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_pending_list)
+
+    p = sub.add_parser("reconcile", help="poll HITL.sh once now for overdue requests")
+    _add_config(p)
+    p.set_defaults(func=cmd_reconcile)
+
+    hooks = sub.add_parser("webhooks", help="HITL.sh webhook registrations")
+    hsub = hooks.add_subparsers(dest="webhooks_command", required=True)
+    p = hsub.add_parser("register", help="register a webhook (the seed's configure_webhook)")
+    _add_config(p)
+    p.add_argument("--url", required=True, help="public URL, e.g. https://host/webhooks/hitl")
+    p.add_argument("--events", default="request.completed,request.escalated")
+    p.add_argument("--secret", help="signing secret (default: HITL_WEBHOOK_SECRET)")
+    p.add_argument("--loop-id", default=None)
+    p.set_defaults(func=cmd_webhooks_register)
+    p = hsub.add_parser("list", help="list registered webhooks")
+    _add_config(p)
+    p.set_defaults(func=cmd_webhooks_list)
 
     p = sub.add_parser("sandbox", help="run the local HITL.sh stand-in")
     sandbox_server.add_arguments(p)
