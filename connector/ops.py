@@ -18,6 +18,7 @@ from connector.config import Settings
 from connector.errors import ConfigError
 from connector.gateway.sink import KafkaCallbackSink
 from connector.hitl.client import HitlClient
+from connector.kafka.admin import partition_ids
 from connector.kafka.clients import make_consumer
 from connector.records import RequestEntry
 from connector.resolver.reconciler import Reconciler, ReconcileResult
@@ -26,18 +27,18 @@ from connector.resolver.table import RequestTable
 
 async def read_pending(settings: Settings) -> list[RequestEntry]:
     """Every request in ``hitl.requests`` that has no tombstone yet."""
+    topic = settings.topics.requests
+    tps = [TopicPartition(topic, p) for p in await partition_ids(settings, topic)]
+    if not tps:
+        return []
     consumer = make_consumer(settings.kafka, role="ops", group_id=None)
     await consumer.start()
     try:
-        topic = settings.topics.requests
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         rows: dict[str, RequestEntry] = {}
+
         async def behind() -> bool:
             return any([await consumer.position(tp) < end[tp] for tp in tps])
 
@@ -94,12 +95,7 @@ async def reconcile_once(settings: Settings) -> ReconcileResult:
         await table.start()
         await sink.start()
         try:
-            admin_consumer = make_consumer(settings.kafka, role="ops", group_id=None)
-            await admin_consumer.start()
-            try:
-                parts = admin_consumer.partitions_for_topic(settings.topics.requests) or set()
-            finally:
-                await admin_consumer.stop()
+            parts = await partition_ids(settings, settings.topics.requests)
             await table.assign(parts)
             await table.wait_ready(parts, settings.resolver.restore_timeout_seconds)
 

@@ -135,3 +135,16 @@ async def ensure_topics(settings: Settings, *, create: bool) -> list[str]:
     finally:
         await admin.close()
     return created
+
+
+async def partition_ids(settings: Settings, topic: str) -> list[int]:
+    """The partition numbers of ``topic`` (empty when it does not exist)."""
+    admin = make_admin(settings.kafka)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if not isinstance(described, dict) or described.get("error_code", 0) != 0:
+        return []
+    return sorted(int(p["partition"]) for p in described.get("partitions") or [])

@@ -50,6 +50,9 @@ class RequestTable:
     async def start(self) -> None:
         self._consumer = make_consumer(self._s.kafka, role="resolver-table", group_id=None)
         await self._consumer.start()
+        # Let aiokafka's no-group coordinator task start: stopping it before it first ran
+        # raises CancelledError from consumer.stop().
+        await self._consumer.topics()
         self._task = asyncio.create_task(self._run(), name="request-table")
 
     async def stop(self) -> None:
