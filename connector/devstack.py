@@ -60,9 +60,10 @@ class DevStack:
         self.started = time.monotonic()
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
-        log = (self.var / f"{name}.log").open("ab")
-        # Our own CLI with arguments we built; no shell, no outside input.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+        # Our own CLI with arguments we built; no shell, no outside input. The child keeps
+        # its own descriptor of the log file.
+        with (self.var / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
         self.procs.append((name, proc))
 
     def _config(self, bootstrap: str) -> Path:

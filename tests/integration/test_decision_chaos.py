@@ -162,12 +162,13 @@ def connector_process(
         "HITL_WEBHOOK_SECRET": SECRET,
         "HITL_CALLBACK_TOKEN_SECRET": "token-secret",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "run", "--config", str(cfg)],
-        env=env,
-        stdout=(tmp / f"{instance}.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    with (tmp / f"{instance}.log").open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "connector.cli", "run", "--config", str(cfg)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def test_two_connectors_one_killed_mid_run(kafka_bootstrap: str, tmp_path: Path) -> None:

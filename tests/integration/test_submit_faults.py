@@ -194,12 +194,22 @@ async def test_pacing_uses_the_budget_without_429s(kafka_bootstrap: str, running
 
 def _connector_proc(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HITL_API_KEY": API_KEY}
-    return subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "run", "--role", "submitter", "--config", str(cfg)],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "connector.cli",
+                "run",
+                "--role",
+                "submitter",
+                "--config",
+                str(cfg),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def test_sigkill_mid_stream_then_restart_loses_nothing(
