@@ -67,6 +67,12 @@ def events(n: int, prefix: str) -> list[tuple[bytes, bytes]]:
     ]
 
 
+def pct(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
 def reviewer(**overrides: Any) -> SandboxOptions:
     base: dict[str, Any] = {
         "preset_loops": (LOOP,),
