@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: venv kafka lint test clean
+.PHONY: venv kafka lint test run clean
 
 venv: $(VENV_STAMP)
 
@@ -30,6 +30,11 @@ lint: venv
 
 test: venv kafka lint
 	$(VENV)/bin/pytest
+
+# The local stack: broker, sandbox (auto-reviewer), connector (all roles), load generator.
+# Flags go in ARGS, e.g. make run ARGS="--rate 20 --bootstrap localhost:9092".
+run: venv kafka
+	$(VPY) -m connector.devstack $(ARGS)
 
 clean:
 	rm -rf $(VENV) deploy/kafka/lib deploy/kafka/lib.tmp-* .pytest_cache .mypy_cache \

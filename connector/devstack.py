@@ -23,29 +23,59 @@ import httpx
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from connector.config import Settings
 from connector.devkafka import DevKafka
+from connector.kafka.admin import partition_ids
 
 DEV_KEY = "hitl_dev_key"
 DEV_LOOP = "local-loop"
+DEV_WEBHOOK_SECRET = "dev-webhook-secret"  # noqa: S105 - the local sandbox's, not a real one
+TOPICS = ("content.events", "content.decisions", "content.events.dlq")
 
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "connector.cli", *args]
 
 
-async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[str, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        out: dict[str, int] = {}
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
-            ends = await consumer.end_offsets(tps) if tps else {}
-            out[topic] = sum(ends.values())
-        return out
-    finally:
-        await consumer.stop()
+class _RecordCounter:
+    """Counts committed records of a few topics with one long-lived reader (no group).
+
+    End offsets would over-count transactional topics: commit markers take offsets too.
+    """
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self._settings = Settings(kafka={"bootstrap_servers": bootstrap})
+        self._topics = topics
+        self._consumer: AIOKafkaConsumer | None = None
+        self._counts = dict.fromkeys(topics, 0)
+
+    async def read(self) -> dict[str, int]:
+        if self._consumer is None:
+            tps = [
+                TopicPartition(t, p)
+                for t in self._topics
+                for p in await partition_ids(self._settings, t)
+            ]
+            if not tps:
+                return dict(self._counts)
+            self._consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._settings.kafka.bootstrap_servers,
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+            )
+            await self._consumer.start()
+            self._consumer.assign(tps)
+            await self._consumer.seek_to_beginning(*tps)
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100, max_records=50_000)
+            if not batch:
+                return dict(self._counts)
+            for tp, records in batch.items():
+                self._counts[tp.topic] += len(records)
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
 
 
 class DevStack:
@@ -58,6 +88,7 @@ class DevStack:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.broker: DevKafka | None = None
         self.started = time.monotonic()
+        self._offsets: _RecordCounter | None = None
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         # Our own CLI with arguments we built; no shell, no outside input. The child keeps
@@ -75,6 +106,13 @@ class DevStack:
                 "rate_limit_window_seconds": 60,
             },
             "loops": {"default": DEV_LOOP},
+            "gateway": {
+                "host": "127.0.0.1",
+                "port": self.args.gateway_port,
+                "public_url": f"http://127.0.0.1:{self.args.gateway_port}",
+                "signature": "required",
+            },
+            "resolver": {"reconcile_interval_seconds": 10, "reconcile_max_wait_seconds": 60},
             "policy": {"enabled": True},
             "log": {"format": "json"},
         }
@@ -102,9 +140,23 @@ class DevStack:
                 str(self.args.rate_limit),
                 "--rate-limit-window-seconds",
                 "60",
+                "--auto-review",
+                "--review-delay-min-ms",
+                "1000",
+                "--review-delay-max-ms",
+                "8000",
+                "--webhook-secret",
+                DEV_WEBHOOK_SECRET,
+                "--webhook-signature",
+                "sha256",
             ),
         )
-        env = {**os.environ, "HITL_API_KEY": DEV_KEY}
+        env = {
+            **os.environ,
+            "HITL_API_KEY": DEV_KEY,
+            "HITL_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
+            "HITL_CALLBACK_TOKEN_SECRET": "dev-callback-token-secret",
+        }
         self._spawn("connector", _cli("run", "--config", str(self._config(bootstrap))), env)
         await asyncio.sleep(3)
         self._spawn(
@@ -124,8 +176,9 @@ class DevStack:
         return bootstrap
 
     async def progress(self, bootstrap: str) -> str:
-        topics = ["content.events", "content.decisions", "content.events.dlq", "hitl.requests"]
-        ends = await _end_offsets(bootstrap, topics)
+        if self._offsets is None:
+            self._offsets = _RecordCounter(bootstrap, list(TOPICS))
+        ends = await self._offsets.read()
         try:
             async with httpx.AsyncClient(timeout=2) as http:
                 response = await http.get(
@@ -136,12 +189,14 @@ class DevStack:
             stats = {}
         return (
             f"[{time.monotonic() - self.started:6.0f}s] events in={ends['content.events']} "
-            f"requests={ends['hitl.requests']} pending={stats.get('pending', '?')} "
+            f"requests={stats.get('creates', '?')} pending={stats.get('pending', '?')} "
             f"decisions out={ends['content.decisions']} dlq={ends['content.events.dlq']} "
             f"api calls={stats.get('api_calls_total', '?')} 429s={stats.get('rate_limited', '?')}"
         )
 
     async def stop(self) -> None:
+        if self._offsets is not None:
+            await self._offsets.close()
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -185,6 +240,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", help="use this Kafka instead of starting a local broker")
     p.add_argument("--kafka-port", type=int, default=9092)
     p.add_argument("--sandbox-port", type=int, default=8765)
+    p.add_argument("--gateway-port", type=int, default=8080)
     p.add_argument("--rate", type=float, default=5.0, help="events per second from loadgen")
     p.add_argument("--count", type=int, default=1_000_000, help="events loadgen produces")
     p.add_argument("--rate-limit", type=int, default=6000, help="sandbox calls per minute")
