@@ -13,6 +13,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -90,3 +91,24 @@ async def topic_factory(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
             with contextlib.suppress(KafkaError):
                 await admin.delete_topics(created)
         await admin.close()
+
+
+@pytest.fixture
+async def connector_apps() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Start ``ConnectorApp``s in the test's loop: ``await connector_apps(settings, role)``.
+
+    Every app started is stopped (drained) when the test ends.
+    """
+    from connector.app import ConnectorApp
+
+    apps: list[ConnectorApp] = []
+
+    async def start(settings: Any, role: str = "all") -> ConnectorApp:
+        app = ConnectorApp(settings, role)
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in reversed(apps):
+        await app.stop()

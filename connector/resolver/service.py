@@ -20,11 +20,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from connector.config import Settings
 from connector.kafka.checkpoint import Checkpoint, CheckpointError
 from connector.kafka.clients import make_consumer, make_transactional_producer
+from connector.kafka.role import TransactionalRole
 from connector.records import OutRecord
 from connector.resolver.join import Joiner, Wait
 from connector.resolver.table import RequestTable
@@ -54,20 +55,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._owner.table.assign(tp.partition for tp in self._owner.consumer.assignment())
 
 
-class Resolver:
+class Resolver(TransactionalRole):
     """Consumes callbacks in a group and joins them with the co-partitioned request table."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self._s = settings
         self.table = RequestTable(settings)
         self.joiner = Joiner(settings, self.table)
         self.batch_lock = asyncio.Lock()
         self.waiting: dict[TopicPartition, OrderedDict[int, _Waiting]] = {}
         self.processed: dict[TopicPartition, int] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
         self._checkpoint: Checkpoint | None = None
-        self._stopping = asyncio.Event()
         self._failures = 0
         self._committed: dict[TopicPartition, int] = {}
         self.batches = 0
@@ -75,11 +74,6 @@ class Resolver:
     @property
     def group_id(self) -> str:
         return f"{self._s.kafka.group_id}-resolver"
-
-    @property
-    def consumer(self) -> AIOKafkaConsumer:
-        assert self._consumer is not None, "start() first"
-        return self._consumer
 
     def ready(self) -> bool:
         consumer = self._consumer
@@ -102,18 +96,9 @@ class Resolver:
         await self._consumer.start()
         log.info("resolver started on %s (group %s)", self._s.topics.callbacks, self.group_id)
 
-    def request_stop(self) -> None:
-        self._stopping.set()
-
     async def stop(self) -> None:
-        self._stopping.set()
-        consumer, self._consumer = self._consumer, None
-        producer, self._producer = self._producer, None
-        if consumer is not None:
-            await consumer.stop()
-        await self.table.stop()
-        if producer is not None:
-            await producer.stop()
+        """Consumer, then the table, then the producer; safe to call twice."""
+        await self._close(self.table.stop)
 
     def forget(self, tp: TopicPartition) -> None:
         self.waiting.pop(tp, None)

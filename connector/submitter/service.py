@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from connector.config import Settings
 from connector.kafka.checkpoint import Checkpoint, CheckpointError
 from connector.kafka.clients import make_consumer, make_transactional_producer
+from connector.kafka.role import TransactionalRole
 from connector.submitter.batch import BatchProcessor, BatchStats, CreateClient
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("submitter assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
 
-class Submitter:
+class Submitter(TransactionalRole):
     """Consumes the input topic and turns each micro-batch into one transaction."""
 
     def __init__(
@@ -56,27 +57,20 @@ class Submitter:
         blocked_until: Callable[[], float | None] | None = None,
         callback_url_for: Callable[[str], str | None] | None = None,
     ) -> None:
+        super().__init__()
         self._s = settings
         self._processor = BatchProcessor(settings, client, callback_url_for=callback_url_for)
         self._blocked_until = blocked_until or (lambda: None)
         self.batch_lock = asyncio.Lock()
         self.stats = BatchStats()
         self._paused_until: dict[TopicPartition, float] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
         self._checkpoint: Checkpoint | None = None
-        self._stopping = asyncio.Event()
         self._failures = 0
         self.batches = 0
 
     @property
     def group_id(self) -> str:
         return self._s.kafka.group_id
-
-    @property
-    def consumer(self) -> AIOKafkaConsumer:
-        assert self._consumer is not None, "start() first"
-        return self._consumer
 
     async def start(self) -> None:
         kafka = self._s.kafka
@@ -94,18 +88,9 @@ class Submitter:
         await self._consumer.start()
         log.info("submitter started on %s (group %s)", self._s.topics.input, self.group_id)
 
-    def request_stop(self) -> None:
-        self._stopping.set()
-
     async def stop(self) -> None:
         """Close the consumer (leaving the group) and the producer; safe to call twice."""
-        self._stopping.set()
-        consumer, self._consumer = self._consumer, None
-        producer, self._producer = self._producer, None
-        if consumer is not None:
-            await consumer.stop()
-        if producer is not None:
-            await producer.stop()
+        await self._close()
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import socket
 import statistics
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -87,21 +86,6 @@ def reviewer(**overrides: Any) -> SandboxOptions:
     return SandboxOptions(**base)
 
 
-@pytest.fixture
-async def running() -> AsyncIterator[Any]:
-    apps: list[ConnectorApp] = []
-
-    async def start(settings: Settings) -> ConnectorApp:
-        app = ConnectorApp(settings, "all")
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        await app.stop()
-
-
 async def run_and_check(
     bootstrap: str, sandbox: SandboxServer, settings: Settings, app: ConnectorApp, n: int
 ) -> dict[str, Any]:
@@ -162,25 +146,27 @@ async def run_and_check(
     ],
 )
 async def test_every_payload_and_signature_style_gives_one_decision_each(
-    kafka_bootstrap: str, running: Any, style: str, signature: str, mode: str
+    kafka_bootstrap: str, connector_apps: Any, style: str, signature: str, mode: str
 ) -> None:
     options = reviewer(webhook_payload_style=style, webhook_signature=signature)
     with SandboxServer(options) as sandbox:
         settings = decision_settings(kafka_bootstrap, sandbox.url, gateway={"signature": mode})
-        app = await running(settings)
+        app = await connector_apps(settings, "all")
         figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 300)
         print(f"\ndecision-path[{style}/{signature}/{mode}]: {figures}")
         assert figures["via"]["webhook"] >= 1
 
 
-async def test_5000_events_with_the_auto_reviewer(kafka_bootstrap: str, running: Any) -> None:
+async def test_5000_events_with_the_auto_reviewer(
+    kafka_bootstrap: str, connector_apps: Any
+) -> None:
     with SandboxServer(
         reviewer(webhook_payload_style="nested", webhook_signature="sha256")
     ) as sandbox:
         settings = decision_settings(
             kafka_bootstrap, sandbox.url, gateway={"signature": "required"}
         )
-        app = await running(settings)
+        app = await connector_apps(settings, "all")
         figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 5000)
         acks = sorted(app.gateway.app.stats.ack_seconds) if app.gateway else []
         p = lambda q: acks[min(len(acks) - 1, int(q * len(acks)))] * 1000  # noqa: E731
@@ -189,11 +175,11 @@ async def test_5000_events_with_the_auto_reviewer(kafka_bootstrap: str, running:
 
 
 async def test_dropped_webhooks_are_recovered_by_polling(
-    kafka_bootstrap: str, running: Any
+    kafka_bootstrap: str, connector_apps: Any
 ) -> None:
     with SandboxServer(reviewer(webhook_drop_share=0.2)) as sandbox:
         settings = decision_settings(kafka_bootstrap, sandbox.url)
-        app = await running(settings)
+        app = await connector_apps(settings, "all")
         figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 500)
         print(f"\ndecision-path[20% dropped]: {figures}")
         assert figures["via"]["poll"] >= 50
@@ -201,24 +187,26 @@ async def test_dropped_webhooks_are_recovered_by_polling(
 
 
 async def test_duplicated_and_reordered_webhooks_still_one_decision(
-    kafka_bootstrap: str, running: Any
+    kafka_bootstrap: str, connector_apps: Any
 ) -> None:
     options = reviewer(webhook_duplicate_share=0.2, webhook_reorder_share=0.2, claim_events=True)
     with SandboxServer(options) as sandbox:
         settings = decision_settings(kafka_bootstrap, sandbox.url)
-        app = await running(settings)
+        app = await connector_apps(settings, "all")
         figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 500)
         print(f"\ndecision-path[20% duplicated+reordered]: {figures}")
         assert app.resolver is not None and app.resolver.joiner.stats.duplicates > 0
 
 
-async def test_timeout_gives_the_default_response(kafka_bootstrap: str, running: Any) -> None:
+async def test_timeout_gives_the_default_response(
+    kafka_bootstrap: str, connector_apps: Any
+) -> None:
     options = reviewer(auto_review=False, timeout_scale=0.002)
     with SandboxServer(options) as sandbox:
         settings = decision_settings(
             kafka_bootstrap, sandbox.url, review={"timeout_seconds": {"medium": 900}}
         )
-        await running(settings)
+        await connector_apps(settings, "all")
         await produce(kafka_bootstrap, settings.topics.input, events(5, "to"))
 
         async def five() -> bool:

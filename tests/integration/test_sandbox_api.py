@@ -12,30 +12,10 @@ import pytest
 
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sandbox.options import RUNTIME_FIELDS
+from tests.support import create_body
 
 LOOP = "65f1234567890abcdef12345"
 G1, G2 = "/v1", "/v1/api"
-
-
-def create_body(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "processing_type": "time-sensitive",
-        "type": "markdown",
-        "priority": "high",
-        "request_text": "Is this post OK?",
-        "timeout_seconds": 600,
-        "response_type": "single_select",
-        "response_config": {
-            "options": [
-                {"value": "approved", "label": "Approve"},
-                {"value": "rejected", "label": "Reject"},
-            ]
-        },
-        "default_response": "rejected",
-        "platform": "api",
-    }
-    base.update(changes)
-    return base
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from httpx_aiohttp import AiohttpTransport
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sandbox.options import RUNTIME_FIELDS
 from connector.sandbox.server import add_arguments, options_from_args
+from tests.support import create_body
 
 LOOP = "65f1234567890abcdef12345"
 G1, G2 = "/v1", "/v1/api"
@@ -105,27 +106,6 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
-
-
-def create_body(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "processing_type": "time-sensitive",
-        "type": "markdown",
-        "priority": "high",
-        "request_text": "Is this post OK?",
-        "timeout_seconds": 600,
-        "response_type": "single_select",
-        "response_config": {
-            "options": [
-                {"value": "approved", "label": "Approve"},
-                {"value": "rejected", "label": "Reject"},
-            ]
-        },
-        "default_response": "rejected",
-        "platform": "api",
-    }
-    base.update(changes)
-    return base
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import orjson
 import pytest
 import yaml
 
-from connector.app import ConnectorApp
 from connector.config import Settings
 from connector.kafka.admin import ensure_topics
 from connector.sandbox import SandboxOptions, SandboxServer
@@ -60,23 +58,8 @@ async def all_done(settings: Settings) -> bool:
     return snap.done and snap.total_end > 0
 
 
-@pytest.fixture
-async def running() -> AsyncIterator[Any]:
-    apps: list[ConnectorApp] = []
-
-    async def start(settings: Settings) -> ConnectorApp:
-        app = ConnectorApp(settings, "submitter")
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        await app.stop()
-
-
 async def test_outage_with_retry_after_pauses_partitions_and_loses_nothing(
-    kafka_bootstrap: str, running: Any
+    kafka_bootstrap: str, connector_apps: Any
 ) -> None:
     with SandboxServer(SandboxOptions(preset_loops=(LOOP,))) as sandbox:
         settings = run_settings(
@@ -85,7 +68,7 @@ async def test_outage_with_retry_after_pauses_partitions_and_loses_nothing(
             batch={"max_batch_seconds": 3.0, "linger_ms": 20},
             hitl={"circuit_failure_threshold": 3, "circuit_open_seconds": 5.0, "max_retries": 3},
         )
-        app = await running(settings)
+        app = await connector_apps(settings, "submitter")
         await produce(kafka_bootstrap, settings.topics.input, events(30, "before"))
         await wait_until(lambda: all_done(settings), timeout=60, what="warm-up committed")
 
@@ -128,7 +111,7 @@ async def test_outage_with_retry_after_pauses_partitions_and_loses_nothing(
 
 
 async def test_429_with_reset_means_no_call_before_the_reset(
-    kafka_bootstrap: str, running: Any
+    kafka_bootstrap: str, connector_apps: Any
 ) -> None:
     options = SandboxOptions(preset_loops=(LOOP,), rate_limit_calls=5, rate_limit_window_seconds=10)
     with SandboxServer(options) as sandbox:
@@ -147,7 +130,7 @@ async def test_429_with_reset_means_no_call_before_the_reset(
             hitl={"rate_limit_calls": 5, "rate_limit_window_seconds": 10},
             batch={"max_batch_seconds": 2.0},
         )
-        await running(settings)
+        await connector_apps(settings, "submitter")
         await produce(kafka_bootstrap, settings.topics.input, events(5, "rl"))
         await wait_until(lambda: all_done(settings), timeout=60, what="all created")
         calls = creates(sandbox.url)
@@ -163,7 +146,9 @@ async def test_429_with_reset_means_no_call_before_the_reset(
         assert sum(1 for c in calls if c["status"] == 201) == 5
 
 
-async def test_pacing_uses_the_budget_without_429s(kafka_bootstrap: str, running: Any) -> None:
+async def test_pacing_uses_the_budget_without_429s(
+    kafka_bootstrap: str, connector_apps: Any
+) -> None:
     limit, window = 20, 10
     options = SandboxOptions(
         preset_loops=(LOOP,), rate_limit_calls=limit, rate_limit_window_seconds=window
@@ -177,7 +162,7 @@ async def test_pacing_uses_the_budget_without_429s(kafka_bootstrap: str, running
         )
         await ensure_topics(settings, create=True)
         await produce(kafka_bootstrap, settings.topics.input, events(80, "pace"))
-        await running(settings)
+        await connector_apps(settings, "submitter")
         await wait_until(lambda: all_done(settings), timeout=120, what="80 creates")
         calls = creates(sandbox.url)
         stats = sandbox_get(sandbox.url, "/sandbox/stats")

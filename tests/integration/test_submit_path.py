@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,6 @@ import orjson
 import pytest
 
 from connector.app import ConnectorApp
-from connector.config import Settings
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     offsets,
@@ -92,23 +91,8 @@ def sandbox() -> Iterator[SandboxServer]:
         yield server
 
 
-@pytest.fixture
-async def connector_factory() -> AsyncIterator[Any]:
-    apps: list[ConnectorApp] = []
-
-    async def start(settings: Settings) -> ConnectorApp:
-        app = ConnectorApp(settings, "submitter")
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        await app.stop()
-
-
 async def test_2000_events_each_end_in_exactly_one_place(
-    kafka_bootstrap: str, sandbox: SandboxServer, connector_factory: Any
+    kafka_bootstrap: str, sandbox: SandboxServer, connector_apps: Any
 ) -> None:
     settings = run_settings(
         kafka_bootstrap,
@@ -117,7 +101,7 @@ async def test_2000_events_each_end_in_exactly_one_place(
         hitl={"max_in_flight": 32},
     )
     cases = mixed_events(2000, settings.kafka.group_id)
-    app = await connector_factory(settings)
+    app = await connector_apps(settings, "submitter")
     await produce(kafka_bootstrap, settings.topics.input, [(c.key, c.value) for c in cases])
 
     async def all_committed() -> bool:
@@ -169,14 +153,14 @@ async def test_2000_events_each_end_in_exactly_one_place(
 
 
 async def test_permanent_400_goes_to_dlq_with_hitl_msg_and_the_rest_flow(
-    kafka_bootstrap: str, connector_factory: Any
+    kafka_bootstrap: str, connector_apps: Any
 ) -> None:
     options = SandboxOptions(
         preset_loops=(LOOP,), reject_marker="POISON", reject_msg="request_text violates policy"
     )
     with SandboxServer(options) as sandbox:
         settings = run_settings(kafka_bootstrap, sandbox.url)
-        await connector_factory(settings)
+        await connector_apps(settings, "submitter")
         items = [
             (f"k{i}".encode(), orjson.dumps({"id": f"e{i}", "content": f"ok {i}"}))
             for i in range(30)

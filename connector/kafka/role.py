@@ -1,0 +1,42 @@
+"""The lifecycle shared by the consume→produce roles (submitter, resolver).
+
+Each role owns one consumer in its group and one transactional producer. Closing order:
+the consumer first (it leaves the group, so its partitions move on), then whatever the role
+adds, then the producer (after the last transaction). ``close`` is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+
+class TransactionalRole:
+    """Holds a role's consumer, producer and stop flag."""
+
+    def __init__(self) -> None:
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        assert self._consumer is not None, "start() first"
+        return self._consumer
+
+    def request_stop(self) -> None:
+        """Finish the batch in progress, then leave ``run``."""
+        self._stopping.set()
+
+    async def _close(self, *between: Callable[[], Awaitable[None]]) -> None:
+        self._stopping.set()
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if consumer is not None:
+            await consumer.stop()
+        for step in between:
+            await step()
+        if producer is not None:
+            await producer.stop()
