@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,8 +23,11 @@ from connector.gateway.app import GatewayApp, GatewayConfig
 from connector.gateway.server import GatewayServer
 from connector.gateway.sink import KafkaCallbackSink
 from connector.hitl.client import HitlClient
+from connector.hitl.observe import ApiMetrics
 from connector.hitl.tokens import make_callback_token
 from connector.kafka.admin import ensure_topics
+from connector.kafka.lag import LagTracker
+from connector.metrics import Metrics
 from connector.resolver.reconciler import Reconciler
 from connector.resolver.service import Resolver, drain_resolver
 from connector.submitter.service import Submitter, drain
@@ -79,7 +83,16 @@ class ConnectorApp:
         self.settings = settings
         self.roles = resolve_roles(role)
         check_runnable(settings, self.roles)
-        self.client = HitlClient(settings.hitl)
+        self.metrics: Metrics | None = None
+        if settings.metrics.enabled:
+            self.metrics = Metrics()
+            self.metrics.bound_labels(
+                [settings.loops.default, *(r.loop_id for r in settings.loops.routes)],
+                [o.value for o in settings.review.options]
+                + [settings.policy.approve_decision, settings.policy.reject_decision],
+            )
+        observer = ApiMetrics(self.metrics) if self.metrics is not None else None
+        self.client = HitlClient(settings.hitl, observer=observer)
         self.submitter: Submitter | None = None
         self.resolver: Resolver | None = None
         self.reconciler: Reconciler | None = None
@@ -101,9 +114,10 @@ class ConnectorApp:
                 self.client,
                 blocked_until=self.client.blocked_until,
                 callback_url_for=callback_url_for,
+                metrics=self.metrics,
             )
         if "resolver" in self.roles:
-            self.resolver = Resolver(settings)
+            self.resolver = Resolver(settings, metrics=self.metrics)
         if {"gateway", "resolver"} & set(self.roles):
             self.sink = KafkaCallbackSink(settings)
         if "resolver" in self.roles and settings.resolver.reconcile:
@@ -113,20 +127,23 @@ class ConnectorApp:
             async def publish(request_id: str, callback: dict[str, Any], payload: Any) -> None:
                 await sink.publish(request_id, callback, payload, None, via="poll")
 
-            self.reconciler = Reconciler(settings, self.client, self.resolver.table, publish)
-        if "gateway" in self.roles:
-            assert self.sink is not None
-            g = settings.gateway
-            config = GatewayConfig(
-                signature_mode=g.signature,
-                secrets=tuple(s.get_secret_value().encode() for s in g.secrets),
-                token_secret=secret,
-                max_body_bytes=g.max_body_bytes,
+            self.reconciler = Reconciler(
+                settings, self.client, self.resolver.table, publish, metrics=self.metrics
             )
-            app = GatewayApp(config, self.sink, ready=self.ready)
-            self.gateway = GatewayServer(app, g.host, g.port)
+        # Every role serves /healthz, /readyz and /metrics; only the gateway role takes webhooks.
+        g = settings.gateway
+        config = GatewayConfig(
+            signature_mode=g.signature,
+            secrets=tuple(s.get_secret_value().encode() for s in g.secrets),
+            token_secret=secret,
+            max_body_bytes=g.max_body_bytes,
+        )
+        webhook_sink = self.sink if "gateway" in self.roles else None
+        http = GatewayApp(config, webhook_sink, metrics=self.metrics, ready=self.ready)
+        self.gateway = GatewayServer(http, g.host, g.port)
 
     def ready(self) -> bool:
+        """Kafka producer and consumers ready (the gateway's /readyz)."""
         sink_ok = self.sink is None or self.sink.ready()
         resolver_ok = self.resolver is None or self.resolver.ready()
         return sink_ok and resolver_ok
@@ -141,6 +158,8 @@ class ConnectorApp:
             self._tasks["resolver"] = asyncio.create_task(self.resolver.run(), name="resolver")
         if self.reconciler is not None:
             self._tasks["reconciler"] = asyncio.create_task(self._reconcile(), name="reconciler")
+        if self.metrics is not None:
+            self._tasks["gauges"] = asyncio.create_task(self._gauges(self.metrics), name="gauges")
         if self.gateway is not None:
             await self.gateway.start()
         if self.submitter is not None:
@@ -156,6 +175,24 @@ class ConnectorApp:
                 await self.reconciler.run_once()
             except Exception:
                 log.exception("reconcile pass failed")
+
+    async def _gauges(self, m: Metrics) -> None:
+        """Refresh the gauges that are states, not events: lag, pending, oldest pending."""
+        lags = {"submitter": LagTracker(m, "submitter"), "resolver": LagTracker(m, "resolver")}
+        every = self.settings.metrics.refresh_seconds
+        while True:
+            try:
+                if self.submitter is not None:
+                    await lags["submitter"].update(self.submitter.consumer_or_none)
+                if self.resolver is not None:
+                    await lags["resolver"].update(self.resolver.consumer_or_none)
+                    table = self.resolver.table
+                    m.pending_requests.set(table.size())
+                    oldest = table.oldest_submitted()
+                    m.oldest_pending_age.set(0 if oldest is None else max(0, time.time() - oldest))
+            except Exception:
+                log.exception("refreshing gauges failed")
+            await asyncio.sleep(every)
 
     async def wait(self, stop: asyncio.Event) -> bool:
         """Until ``stop`` is set (True) or a role fails (False)."""
@@ -181,11 +218,12 @@ class ConnectorApp:
             await self.submitter.stop()
         if self.gateway is not None:
             await self.gateway.stop()
-        reconcile = tasks.get("reconciler")
-        if reconcile is not None:
-            reconcile.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reconcile
+        for name in ("reconciler", "gauges"):
+            background = tasks.get(name)
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         if self.resolver is not None:
             task = tasks.get("resolver")
             if task is not None and not task.done():

@@ -241,6 +241,14 @@ class ResolverSettings(_Section):
     max_records: int = Field(default=1000, ge=1)
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics, served at ``/metrics`` on the HTTP port (every role has one)."""
+
+    enabled: bool = True
+    # How often lag, pending and oldest-pending gauges are refreshed.
+    refresh_seconds: float = Field(default=1.0, gt=0)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -265,6 +273,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     resolver: ResolverSettings = Field(default_factory=ResolverSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

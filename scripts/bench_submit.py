@@ -127,6 +127,7 @@ def connector_config(bootstrap: str, sandbox: str, run: str, transport: str, tmp
         },
         "loops": {"default": LOOP},
         "batch": {"max_records": 1000, "linger_ms": 20},
+        "gateway": {"host": "127.0.0.1", "port": 0},
         "log": {"level": "WARNING", "format": "json"},
     }
     path = tmp / f"{run}.yaml"

@@ -26,6 +26,7 @@ import orjson
 from connector.hitl.payloads import Ignored, MalformedPayload, normalize_webhook
 from connector.hitl.signing import SignatureCheck, decide, verify_signature
 from connector.hitl.tokens import read_callback_token
+from connector.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,23 @@ class SinkUnavailable(Exception):
 
 @dataclass
 class GatewayStats:
-    """Outcome counters (bounded label set); metrics read these."""
+    """Outcome counts (bounded label set) and recent ack times, mirrored into metrics."""
 
+    metrics: Metrics | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     ack_seconds: list[float] = field(default_factory=list)
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if self.metrics is not None:
+            self.metrics.webhooks_received.labels(outcome).inc()
+
+    def acked(self, seconds: float) -> None:
+        self.ack_seconds.append(seconds)
+        if len(self.ack_seconds) > 100_000:
+            del self.ack_seconds[:50_000]
+        if self.metrics is not None:
+            self.metrics.webhook_ack.observe(seconds)
 
 
 @dataclass(frozen=True)
@@ -92,16 +103,17 @@ class GatewayApp:
     def __init__(
         self,
         config: GatewayConfig,
-        sink: CallbackSink,
+        sink: CallbackSink | None,
         *,
-        metrics_body: Callable[[], bytes] | None = None,
+        metrics: Metrics | None = None,
         ready: Callable[[], bool] | None = None,
     ) -> None:
+        """With ``sink`` None only health, readiness and metrics are served (other roles)."""
         self.config = config
         self.sink = sink
-        self.stats = GatewayStats()
-        self._metrics_body = metrics_body
-        self._ready = ready or sink.ready
+        self.stats = GatewayStats(metrics)
+        self._metrics = metrics
+        self._ready = ready or (sink.ready if sink is not None else (lambda: True))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -111,7 +123,7 @@ class GatewayApp:
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        if path == WEBHOOK_PATH or path.startswith(CALLBACK_PREFIX):
+        if self.sink is not None and (path == WEBHOOK_PATH or path.startswith(CALLBACK_PREFIX)):
             if method != "POST":
                 await _respond(send, 405, b'{"error":"method not allowed"}', [(b"allow", b"POST")])
                 return
@@ -119,9 +131,7 @@ class GatewayApp:
             status, body, extra = await self._webhook(scope, receive, path)
             await _respond(send, status, body, extra)
             if status == 200:
-                self.stats.ack_seconds.append(time.perf_counter() - start)
-                if len(self.stats.ack_seconds) > 100_000:
-                    del self.stats.ack_seconds[:50_000]
+                self.stats.acked(time.perf_counter() - start)
             return
         if method not in ("GET", "HEAD"):
             await _respond(send, 405, b'{"error":"method not allowed"}', [(b"allow", b"GET")])
@@ -133,8 +143,8 @@ class GatewayApp:
             await _respond(
                 send, 200 if ok else 503, b'{"ready":%s}' % (b"true" if ok else b"false")
             )
-        elif path == "/metrics" and self._metrics_body is not None:
-            body = self._metrics_body()
+        elif path == "/metrics" and self._metrics is not None:
+            body = self._metrics.render()
             await send(
                 {
                     "type": "http.response.start",
@@ -220,6 +230,7 @@ class GatewayApp:
         if isinstance(normalized, Ignored):
             self.stats.count("ignored")
             return (*_json_body(200, {"status": "ignored", "reason": normalized.reason}), None)
+        assert self.sink is not None
         try:
             await self.sink.publish(
                 normalized.request_id, normalized.to_json(), payload, token_event_id

@@ -26,6 +26,10 @@ class TransactionalRole:
         assert self._consumer is not None, "start() first"
         return self._consumer
 
+    @property
+    def consumer_or_none(self) -> AIOKafkaConsumer | None:
+        return self._consumer
+
     def request_stop(self) -> None:
         """Finish the batch in progress, then leave ``run``."""
         self._stopping.set()

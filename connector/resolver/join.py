@@ -17,6 +17,7 @@ import orjson
 
 from connector.config import Settings
 from connector.hitl.payloads import NormalizedCallback
+from connector.metrics import Metrics
 from connector.records import (
     SCHEMA_DECISION,
     OutRecord,
@@ -35,16 +36,49 @@ NON_TERMINAL_JOINED: Final = frozenset({"claimed", "escalated", "assigned"})
 
 @dataclass(slots=True)
 class JoinStats:
-    decisions: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    """What joining produced. Per batch until committed, then merged into the totals."""
+
+    decisions: dict[tuple[str | None, str, str], int] = field(default_factory=dict)
     escalations: int = 0
     duplicates: int = 0
     unmatched: dict[str, int] = field(default_factory=dict)
     ignored: int = 0
-    e2e_seconds: list[float] = field(default_factory=list)
-    human_seconds: list[float] = field(default_factory=list)
+    e2e_seconds: list[tuple[str, float]] = field(default_factory=list)
+    human_seconds: list[tuple[str, float]] = field(default_factory=list)
 
     def unmatched_reason(self, reason: str) -> None:
         self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
+
+    def merge(self, other: JoinStats) -> None:
+        for key, n in other.decisions.items():
+            self.decisions[key] = self.decisions.get(key, 0) + n
+        for reason, n in other.unmatched.items():
+            self.unmatched[reason] = self.unmatched.get(reason, 0) + n
+        self.escalations += other.escalations
+        self.duplicates += other.duplicates
+        self.ignored += other.ignored
+
+    def observe(self, m: Metrics) -> None:
+        decided = 0
+        for (decision, decided_by, via), n in self.decisions.items():
+            m.decisions.labels(m.decision_label(decision), decided_by, via).inc(n)
+            decided += n
+        if decided:
+            m.callbacks.labels("decided").inc(decided)
+        for result, n in (
+            ("duplicate", self.duplicates),
+            ("escalation", self.escalations),
+            ("ignored", self.ignored),
+            ("unmatched", sum(self.unmatched.values())),
+        ):
+            if n:
+                m.callbacks.labels(result).inc(n)
+        for reason, n in self.unmatched.items():
+            m.unmatched.labels(reason).inc(n)
+        for loop, seconds in self.e2e_seconds:
+            m.decision_latency.labels(m.loop_label(loop)).observe(seconds)
+        for loop, seconds in self.human_seconds:
+            m.human_response.labels(m.loop_label(loop)).observe(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +125,22 @@ class Joiner:
     def __init__(self, settings: Settings, table: RequestTable) -> None:
         self._s = settings
         self._table = table
-        self.stats = JoinStats()
+        self.stats = JoinStats()  # totals of committed batches
+        self.batch = JoinStats()  # the batch in progress
+
+    def commit_stats(self, metrics: Metrics | None) -> None:
+        """The batch was committed: count it."""
+        batch, self.batch = self.batch, JoinStats()
+        self.stats.merge(batch)
+        if metrics is not None:
+            batch.observe(metrics)
+
+    def discard_stats(self) -> None:
+        """The batch was aborted: it will be joined again."""
+        self.batch = JoinStats()
 
     def unmatched(self, key: bytes | None, value: bytes | None, reason: str) -> OutRecord:
-        self.stats.unmatched_reason(reason)
+        self.batch.unmatched_reason(reason)
         headers = [("error.reason", reason.encode())]
         return OutRecord(self._s.topics.unmatched, key, value, headers)
 
@@ -107,7 +153,7 @@ class Joiner:
         entry = self._table.get(partition, parsed.request_id)
         if entry is None:
             if self._table.was_resolved(parsed.request_id):
-                self.stats.duplicates += 1
+                self.batch.duplicates += 1
                 return []
             return WAIT
         if parsed.token_event_id is not None and parsed.token_event_id != entry.event_id:
@@ -119,9 +165,9 @@ class Joiner:
             self._table.resolve(partition, parsed.request_id)
             return self._decision(entry, parsed, now)
         if status in NON_TERMINAL_JOINED and self._s.topics.escalations:
-            self.stats.escalations += 1
+            self.batch.escalations += 1
             return [self._escalation(entry, parsed, now)]
-        self.stats.ignored += 1
+        self.batch.ignored += 1
         return []
 
     def _decision(self, entry: RequestEntry, parsed: ParsedCallback, now: float) -> list[OutRecord]:
@@ -154,12 +200,12 @@ class Joiner:
             SCHEMA_DECISION, event_id=entry.event_id, request_id=entry.request_id, traceparent=tp
         )
         key = entry.key if entry.key is not None else entry.event_id.encode()
-        label = (str(answer.decision), answer.decided_by, parsed.via)
-        self.stats.decisions[label] = self.stats.decisions.get(label, 0) + 1
+        label = (answer.decision, answer.decided_by, parsed.via)
+        self.batch.decisions[label] = self.batch.decisions.get(label, 0) + 1
         if e2e is not None:
-            self.stats.e2e_seconds.append(e2e)
+            self.batch.e2e_seconds.append((entry.loop_id, e2e))
         if human is not None:
-            self.stats.human_seconds.append(human)
+            self.batch.human_seconds.append((entry.loop_id, human))
         tombstone = OutRecord(
             self._s.topics.requests,
             entry.request_id.encode(),

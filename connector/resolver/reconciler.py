@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from connector.config import Settings
 from connector.errors import HitlError, HitlPermanentError
 from connector.hitl.payloads import MalformedPayload, NormalizedCallback, normalize_request_object
+from connector.metrics import Metrics
 from connector.records import RequestEntry
 from connector.resolver.table import RequestTable
 
@@ -66,9 +67,16 @@ class Reconciler:
     """Polls HITL.sh for overdue requests within a share of the API budget."""
 
     def __init__(
-        self, settings: Settings, client: PollClient, table: RequestTable, publish: Publish
+        self,
+        settings: Settings,
+        client: PollClient,
+        table: RequestTable,
+        publish: Publish,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._s = settings
+        self._m = metrics
         self._client = client
         self._table = table
         self._publish = publish
@@ -167,6 +175,13 @@ class Reconciler:
             else:
                 result.still_pending += 1
         self._forget_old(now)
+        if self._m is not None:
+            if result.list_calls:
+                self._m.reconciler_polls.labels("list").inc(result.list_calls)
+            if result.get_calls:
+                self._m.reconciler_polls.labels("get").inc(result.get_calls)
+            if result.found_terminal:
+                self._m.reconciler_recovered.inc(result.found_terminal)
         if result.overdue:
             log.info(
                 "reconcile: overdue=%d list_calls=%d get_calls=%d terminal=%d pending=%d",

@@ -26,6 +26,7 @@ from connector.config import Settings
 from connector.kafka.checkpoint import Checkpoint, CheckpointError
 from connector.kafka.clients import make_consumer, make_transactional_producer
 from connector.kafka.role import TransactionalRole
+from connector.metrics import Metrics
 from connector.records import OutRecord
 from connector.resolver.join import Joiner, Wait
 from connector.resolver.table import RequestTable
@@ -58,9 +59,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class Resolver(TransactionalRole):
     """Consumes callbacks in a group and joins them with the co-partitioned request table."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         super().__init__()
         self._s = settings
+        self._m = metrics
         self.table = RequestTable(settings)
         self.joiner = Joiner(settings, self.table)
         self.batch_lock = asyncio.Lock()
@@ -131,6 +133,7 @@ class Resolver(TransactionalRole):
                 for tp, recs in batch.items():
                     consumer.seek(tp, recs[0].offset)
                 return
+            started = time.perf_counter()
             now = time.time()
             outputs: list[OutRecord] = []
             for tp, records in batch.items():
@@ -147,10 +150,14 @@ class Resolver(TransactionalRole):
                 tp: off for tp, off in self._committable().items() if self._committed.get(tp) != off
             }
             if not outputs and not offsets:
+                self.joiner.commit_stats(self._m)  # nothing to write, e.g. only duplicates
                 return
             try:
                 await self._checkpoint.commit(outputs, offsets)
             except CheckpointError:
+                self.joiner.discard_stats()
+                if self._m is not None:
+                    self._m.transactions.labels("resolver", "abort").inc()
                 self._failures += 1
                 if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
                     raise
@@ -160,6 +167,11 @@ class Resolver(TransactionalRole):
             self._failures = 0
             self.batches += 1
             self._committed.update(offsets)
+            self.joiner.commit_stats(self._m)
+            if self._m is not None:
+                self._m.transactions.labels("resolver", "commit").inc()
+                self._m.batch_size.labels("resolver").observe(sum(len(r) for r in batch.values()))
+                self._m.batch_duration.labels("resolver").observe(time.perf_counter() - started)
 
     def _retry_waiting(self, now: float) -> list[OutRecord]:
         outputs: list[OutRecord] = []

@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -126,6 +127,20 @@ class RequestTable:
 
     def rows(self, partition: int) -> Iterator[RequestEntry]:
         return iter(list(self._rows.get(partition, {}).values()))
+
+    def oldest_submitted(self) -> float | None:
+        """Epoch seconds of the oldest pending request's submission (None when empty)."""
+        oldest: str | None = None
+        for rows in self._rows.values():
+            for entry in rows.values():
+                if oldest is None or entry.submitted_at < oldest:
+                    oldest = entry.submitted_at
+        if oldest is None:
+            return None
+        try:
+            return datetime.fromisoformat(oldest.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
 
     def size(self) -> int:
         return sum(len(r) for r in self._rows.values())

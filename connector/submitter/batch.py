@@ -103,6 +103,7 @@ class BatchStats:
     dlq: dict[str, int] = field(default_factory=dict)
     deferred: int = 0
     truncated: int = 0
+    policy_decisions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -173,7 +174,8 @@ class BatchProcessor:
             traceparent=find_header(rec.headers, H_TRACEPARENT),
         )
         key = rec.key if rec.key is not None else event.event_id.encode()
-        return Outcome("policy", [OutRecord(self._s.topics.output, key, dumps(value), headers)])
+        out = OutRecord(self._s.topics.output, key, dumps(value), headers)
+        return Outcome("policy", [out], reason=decided.decision)
 
     def classify(self, rec: InputRecord) -> Outcome | _Pending:
         """Everything that needs no network: validation, policy, routing, the body."""
@@ -288,6 +290,8 @@ class BatchProcessor:
                 stats.truncated += int(out.truncated)
             elif out.kind == "policy":
                 stats.policy += 1
+                label = out.reason or ""
+                stats.policy_decisions[label] = stats.policy_decisions.get(label, 0) + 1
             elif out.kind == "dlq" and out.reason:
                 stats.dlq[out.reason] = stats.dlq.get(out.reason, 0) + 1
         return PartitionPlan(commit, gap, retry_after, outputs)

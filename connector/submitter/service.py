@@ -25,6 +25,7 @@ from connector.config import Settings
 from connector.kafka.checkpoint import Checkpoint, CheckpointError
 from connector.kafka.clients import make_consumer, make_transactional_producer
 from connector.kafka.role import TransactionalRole
+from connector.metrics import Metrics
 from connector.submitter.batch import BatchProcessor, BatchStats, CreateClient
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,11 @@ class Submitter(TransactionalRole):
         *,
         blocked_until: Callable[[], float | None] | None = None,
         callback_url_for: Callable[[str], str | None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._s = settings
+        self._m = metrics
         self._processor = BatchProcessor(settings, client, callback_url_for=callback_url_for)
         self._blocked_until = blocked_until or (lambda: None)
         self.batch_lock = asyncio.Lock()
@@ -126,6 +129,7 @@ class Submitter(TransactionalRole):
             batch = {tp: recs for tp, recs in batch.items() if tp in assigned and recs}
             if not batch:
                 return
+            started = time.perf_counter()
             stats = BatchStats()
             plans = await self._processor.process(batch, stats)
             outputs = [r for plan in plans.values() for r in plan.outputs]
@@ -137,6 +141,8 @@ class Submitter(TransactionalRole):
             try:
                 await self._checkpoint.commit(outputs, offsets)
             except CheckpointError:
+                if self._m is not None:
+                    self._m.transactions.labels("submitter", "abort").inc()
                 self._failures += 1
                 if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
                     raise
@@ -148,6 +154,8 @@ class Submitter(TransactionalRole):
             self._failures = 0
             self.batches += 1
             self._merge(stats)
+            if self._m is not None:
+                self._observe(stats, sum(len(r) for r in batch.values()), started)
             for tp, plan in plans.items():
                 if plan.seek_to is not None:
                     consumer.seek(tp, plan.seek_to)
@@ -173,6 +181,24 @@ class Submitter(TransactionalRole):
             del self._paused_until[tp]
             if tp in self.consumer.assignment():
                 self.consumer.resume(tp)
+
+    def _observe(self, s: BatchStats, fetched: int, started: float) -> None:
+        m = self._m
+        assert m is not None
+        m.transactions.labels("submitter", "commit").inc()
+        m.events_consumed.inc(s.consumed)
+        if s.created:
+            m.events.labels("submitted", "").inc(s.created)
+        if s.policy:
+            m.events.labels("policy", "").inc(s.policy)
+            for decision, n in s.policy_decisions.items():
+                m.decisions.labels(m.decision_label(decision), "policy", "policy").inc(n)
+        for reason, n in s.dlq.items():
+            m.events.labels("dlq", reason).inc(n)
+        if s.truncated:
+            m.events_truncated.inc(s.truncated)
+        m.batch_size.labels("submitter").observe(fetched)
+        m.batch_duration.labels("submitter").observe(time.perf_counter() - started)
 
     @property
     def paused(self) -> set[TopicPartition]:

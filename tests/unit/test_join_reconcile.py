@@ -89,7 +89,7 @@ def test_terminal_callback_gives_decision_and_tombstone_then_duplicates_nothing(
     assert value["source"]["offset"] == 40 and value["latency"]["end_to_end_seconds"] == 100.0
     assert (tombstone.topic, tombstone.key, tombstone.value) == ("hitl.requests", b"r1", None)
     assert joiner.join(0, b"r1", webhook(completed("r1", "Reject"))) == []
-    assert joiner.stats.duplicates == 1
+    assert joiner.batch.duplicates == 1
 
 
 def test_unknown_request_waits_and_token_mismatch_goes_to_unmatched() -> None:
