@@ -106,7 +106,9 @@ async def create_topic(bootstrap: str, topic: str, parts: int) -> None:
         await admin.close()
 
 
-def connector_config(bootstrap: str, sandbox: str, run: str, transport: str, tmp: Path) -> Path:
+def connector_config(
+    bootstrap: str, sandbox: str, run: str, transport: str, tmp: Path, *, metrics: bool = True
+) -> Path:
     cfg: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{run}", "instance_id": run},
         "topics": {
@@ -129,6 +131,7 @@ def connector_config(bootstrap: str, sandbox: str, run: str, transport: str, tmp
         "batch": {"max_records": 1000, "linger_ms": 20},
         "gateway": {"host": "127.0.0.1", "port": 0},
         "log": {"level": "WARNING", "format": "json"},
+        "metrics": {"enabled": metrics},
     }
     path = tmp / f"{run}.yaml"
     path.write_text(yaml.safe_dump(cfg))
