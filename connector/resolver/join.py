@@ -9,6 +9,7 @@ or must wait (the submitter's transaction may not be visible yet).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -29,6 +30,8 @@ from connector.records import (
 )
 from connector.resolver.answers import interpret
 from connector.resolver.table import RequestTable
+
+log = logging.getLogger(__name__)
 
 SCHEMA_ESCALATION: Final = "hitl.escalation.v1"
 NON_TERMINAL_JOINED: Final = frozenset({"claimed", "escalated", "assigned"})
@@ -140,6 +143,10 @@ class Joiner:
         self.batch = JoinStats()
 
     def unmatched(self, key: bytes | None, value: bytes | None, reason: str) -> OutRecord:
+        request_id = key.decode("utf-8", "replace") if key else None
+        log.warning(
+            "callback to unmatched: %s", reason, extra={"request_id": request_id, "reason": reason}
+        )
         self.batch.unmatched_reason(reason)
         headers = [("error.reason", reason.encode())]
         return OutRecord(self._s.topics.unmatched, key, value, headers)
@@ -200,6 +207,15 @@ class Joiner:
             SCHEMA_DECISION, event_id=entry.event_id, request_id=entry.request_id, traceparent=tp
         )
         key = entry.key if entry.key is not None else entry.event_id.encode()
+        log.debug(
+            "decision",
+            extra={
+                "event_id": entry.event_id,
+                "request_id": entry.request_id,
+                "decision": answer.decision,
+                "via": parsed.via,
+            },
+        )
         label = (answer.decision, answer.decided_by, parsed.via)
         self.batch.decisions[label] = self.batch.decisions.get(label, 0) + 1
         if e2e is not None:

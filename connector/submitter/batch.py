@@ -135,7 +135,24 @@ class BatchProcessor:
         self._monotonic = monotonic
         self._slots = asyncio.Semaphore(settings.hitl.max_in_flight)
 
-    def _dlq(self, rec: InputRecord, source: SourceRef, reason: str, detail: str) -> Outcome:
+    def _dlq(
+        self,
+        rec: InputRecord,
+        source: SourceRef,
+        reason: str,
+        detail: str,
+        event_id: str | None = None,
+    ) -> Outcome:
+        log.info(
+            "event to DLQ: %s",
+            reason,
+            extra={
+                "event_id": event_id,
+                "reason": reason,
+                "detail": detail[:200],
+                "source": f"{source.topic}-{source.partition}@{source.offset}",
+            },
+        )
         out = dlq_record(
             self._s.topics.dlq,
             key=rec.key,
@@ -194,6 +211,7 @@ class BatchProcessor:
                 source,
                 REASON_NO_LOOP,
                 "no loop_id on the event, no routing rule matched and loops.default is unset",
+                event.event_id,
             )
         built = build_create_body(
             event,
@@ -216,10 +234,14 @@ class BatchProcessor:
                 )
             except HitlPermanentError as exc:
                 detail = f"HITL {exc.status}: {exc.msg or exc}"
-                return self._dlq(p.record, p.source, REASON_HITL_REJECTED, detail)
+                return self._dlq(p.record, p.source, REASON_HITL_REJECTED, detail, p.event.event_id)
             except HitlRetriableError as exc:
                 blocked.setdefault(part, exc.retry_after)
                 return Outcome("deferred", retry_after=exc.retry_after)
+        log.debug(
+            "HITL request created",
+            extra={"event_id": p.event.event_id, "request_id": created.request_id},
+        )
         entry = RequestEntry(
             request_id=created.request_id,
             event_id=p.event.event_id,

@@ -229,9 +229,6 @@ async def test_every_dashboard_query_returns_data_from_a_real_scrape(
                     failures.append(f"[{title}] error {body.get('error')}: {query}")
                 elif not body["data"]["result"]:
                     failures.append(f"[{title}] empty: {query}")
-                import os
-                if os.environ.get("DEBUG_PROM"):
-                    print(title, "|", [(r["metric"], r["value"][1]) for r in body["data"]["result"]][:6])
             print(f"\n{len(dashboard_queries())} dashboard queries, {len(failures)} failing")
             for failure in failures:
                 print("  " + failure)

@@ -250,6 +250,10 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
             f"{stats['idempotent_replays']} recovery={took:.1f}s"
         )
         assert proc.returncode == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        assert API_KEY not in text, "the API key reached the log"
+        lines = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+        assert any(line.get("msg", "").startswith("submitter stopped") for line in lines)
         assert len(set(keys)) == n, "lost events"
         assert len(keys) == n, "duplicate HITL requests"
         # Replays are bounded by what one batch can have in flight past its commit.
