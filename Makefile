@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: venv kafka lint test run clean
+.PHONY: venv kafka prometheus lint test run clean
 
 venv: $(VENV_STAMP)
 
@@ -23,12 +23,16 @@ $(VENV_STAMP): pyproject.toml requirements.lock
 kafka: venv
 	$(VPY) -m connector.devkafka --resolve-only
 
+# Debian's prometheus (with promtool) for the rule tests and the real-scrape test.
+prometheus:
+	sh scripts/ensure_prometheus.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: venv kafka lint
+test: venv kafka prometheus lint
 	$(VENV)/bin/pytest
 
 # The local stack: broker, sandbox (auto-reviewer), connector (all roles), load generator.
