@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: venv kafka prometheus lint test run clean
+.PHONY: venv kafka prometheus chromium lint test run clean
 
 venv: $(VENV_STAMP)
 
@@ -27,12 +27,16 @@ kafka: venv
 prometheus:
 	sh scripts/ensure_prometheus.sh
 
+# Debian's chromium for the reviewer-page browser test (tests/integration/test_reviewer_ui.py).
+chromium:
+	sh scripts/ensure_chromium.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: venv kafka prometheus lint
+test: venv kafka prometheus chromium lint
 	$(VENV)/bin/pytest
 
 # The local stack: broker, sandbox (auto-reviewer), connector (all roles), load generator.

@@ -1,7 +1,7 @@
 """The ``hitl-connector`` command line. Parses flags and calls into the package; no logic.
 
 Commands (design §8): run, check [--live], topics create, pending list, reconcile,
-webhooks register|list, sandbox, dev-kafka, loadgen.
+webhooks register|list, sandbox, dev-kafka, loadgen, dlq replay.
 Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 """
 
@@ -150,8 +150,14 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     return _run_async(run_from_args(args))
 
 
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from connector.dlq import run_from_args
+
+    return _run_async(run_from_args(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from connector import devkafka, loadgen
+    from connector import devkafka, dlq, loadgen
     from connector.sandbox import server as sandbox_server
 
     parser = argparse.ArgumentParser(
@@ -211,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("loadgen", help="produce content events to the input topic")
     loadgen.add_arguments(p)
     p.set_defaults(func=cmd_loadgen)
+
+    dlq_parser = sub.add_parser("dlq", help="the dead-letter topic")
+    dsub = dlq_parser.add_subparsers(dest="dlq_command", required=True)
+    p = dsub.add_parser("replay", help="re-publish DLQ records (filtered) to the input topic")
+    dlq.add_arguments(p)
+    p.set_defaults(func=cmd_dlq_replay)
     return parser
 
 

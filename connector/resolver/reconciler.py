@@ -168,12 +168,14 @@ class Reconciler:
             except (HitlError, MalformedPayload) as exc:
                 log.warning("reconciler could not read request %s: %s", request_id, exc)
         for request_id, cb in found.items():
-            self._polled[request_id] = now
             if cb.terminal:
-                result.found_terminal += 1
+                # Marked as polled only once published: a failed publish (Kafka down) leaves
+                # the request overdue, so the next pass finds it again.
                 await self._publish(request_id, cb.to_json(), None)
+                result.found_terminal += 1
             else:
                 result.still_pending += 1
+            self._polled[request_id] = now
         self._forget_old(now)
         if self._m is not None:
             if result.list_calls:

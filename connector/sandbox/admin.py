@@ -19,6 +19,7 @@ No auth, no rate limit, not counted as API calls, plain JSON (no HITL envelope):
 * ``POST /sandbox/reset[?loops=true]`` → clears requests, idempotency keys, registered
   webhooks, scheduled answers/timeouts, pending deliveries, stats, calls and rate-limit
   windows; keeps the configuration (and loops unless ``loops=true``).
+* ``GET  /sandbox/ui`` → the reviewer page (HTML, see ``ui``): answer requests by hand.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from connector.sandbox.answers import AnswerError
 from connector.sandbox.app import Sandbox, json_response
 from connector.sandbox.options import RUNTIME_FIELDS
 from connector.sandbox.reviewer import NotAnswerable
+from connector.sandbox.ui import ui_page
 
 
 def _bad(msg: str, data: Any = None) -> Response:
@@ -212,4 +214,5 @@ def admin_routes(sandbox: Sandbox) -> list[Route]:
         Route("/sandbox/config", get_config, methods=["GET"]),
         Route("/sandbox/config", put_config, methods=["PUT"]),
         Route("/sandbox/reset", reset, methods=["POST"]),
+        Route("/sandbox/ui", ui_page, methods=["GET"]),
     ]

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from connector.config import Settings
+from connector.kafka.admin import partition_ids
 
 API_KEY = "hitl_test_key"
 
@@ -92,16 +93,16 @@ class Snapshot:
 
 async def offsets(bootstrap: str, group: str, topic: str) -> Snapshot:
     """End offsets of ``topic`` and the group's committed offsets, per partition."""
+    parts = await partition_ids(Settings(kafka={"bootstrap_servers": bootstrap}), topic)
+    tps = [TopicPartition(topic, p) for p in parts]
+    if not tps:
+        return Snapshot({}, {})
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
         end = await consumer.end_offsets(tps)
         committed = await admin.list_consumer_group_offsets(group, partitions=tps)
     finally:
@@ -115,6 +116,9 @@ async def offsets(bootstrap: str, group: str, topic: str) -> Snapshot:
 
 async def read_all(bootstrap: str, topic: str, *, timeout: float = 10.0) -> list[Any]:
     """Every committed record of ``topic`` (read_committed), up to the current end."""
+    parts = await partition_ids(Settings(kafka={"bootstrap_servers": bootstrap}), topic)
+    if not parts:
+        return []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -123,11 +127,7 @@ async def read_all(bootstrap: str, topic: str, *, timeout: float = 10.0) -> list
     )
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
