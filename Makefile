@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: venv kafka prometheus chromium lint test run clean
+.PHONY: venv kafka prometheus chromium kustomize lint test run clean
 
 venv: $(VENV_STAMP)
 
@@ -31,12 +31,16 @@ prometheus:
 chromium:
 	sh scripts/ensure_chromium.sh
 
+# A real kustomize (built with Go, cached) to render deploy/k8s in the tests.
+kustomize:
+	sh scripts/ensure_kustomize.sh >/dev/null
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: venv kafka prometheus chromium lint
+test: venv kafka prometheus chromium kustomize lint
 	$(VENV)/bin/pytest
 
 # The local stack: broker, sandbox (auto-reviewer), connector (all roles), load generator.
