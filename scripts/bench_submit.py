@@ -139,10 +139,10 @@ def connector_config(
 
 
 async def run_connector(
-    bootstrap: str, sandbox: str, n: int, transport: str, tmp: Path
+    bootstrap: str, sandbox: str, n: int, transport: str, tmp: Path, *, metrics: bool = True
 ) -> dict[str, float]:
     run = f"{transport}-{uuid.uuid4().hex[:6]}"
-    cfg = connector_config(bootstrap, sandbox, run, transport, tmp)
+    cfg = connector_config(bootstrap, sandbox, run, transport, tmp, metrics=metrics)
     env = {**os.environ, "HITL_API_KEY": KEY}
     proc = subprocess.Popen(
         [sys.executable, "-m", "connector.cli", "run", "--role", "submitter", "--config", str(cfg)],
@@ -241,6 +241,9 @@ async def main() -> None:
             "connector (aiohttp transport)": await run_connector(
                 bootstrap, sandbox, args.events, "aiohttp", tmp
             ),
+            "connector (aiohttp, metrics off)": await run_connector(
+                bootstrap, sandbox, args.events, "aiohttp", tmp, metrics=False
+            ),
             "connector (stock httpx transport)": await run_connector(
                 bootstrap, sandbox, args.events, "httpx", tmp
             ),
@@ -258,6 +261,9 @@ async def main() -> None:
         print(
             f"{name:<36}{row['events_per_s']:>12.0f}{row['cpu_us_per_event']:>16.0f}{ratio:>15.1f}"
         )
+    on = rows["connector (aiohttp transport)"]["cpu_us_per_event"]
+    off = rows["connector (aiohttp, metrics off)"]["cpu_us_per_event"]
+    print(f"\nmetrics share of connector CPU per event: {(on - off) / on:.1%} ({on - off:.0f} µs)")
 
 
 if __name__ == "__main__":

@@ -163,8 +163,13 @@ async def test_callback_token_route(required: Running) -> None:
     assert post(url, body, sig, path=f"/webhooks/hitl/cb/{token[:-2]}xx").status_code == 401
     other = make_callback_token("event-7", b"other-secret")
     assert post(url, body, sig, path=f"/webhooks/hitl/cb/{other}").status_code == 401
+    # Unsigned callback_url deliveries are authenticated by the token, even when signatures
+    # are required; a wrong signature is still refused.
+    path = f"/webhooks/hitl/cb/{token}"
+    assert post(url, body, path=path).status_code == 200
+    assert post(url, body, {"X-HITL-Signature": "0" * 64}, path=path).status_code == 401
     mine = [orjson.loads(r.value) for r in await produced(required) if r.key == b"req-tok"]
-    assert [m["token_event_id"] for m in mine] == ["event-7"]
+    assert [m["token_event_id"] for m in mine] == ["event-7", "event-7"]
 
 
 # Header values a client can actually send (HTTP forbids control characters).
