@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from connector.config import Settings
 from connector.devkafka import DevKafka
@@ -78,6 +79,28 @@ class _RecordCounter:
             await self._consumer.stop()
 
 
+def _scrape(text: str) -> dict[str, Any]:
+    """Decisions by decision, p95 end-to-end latency and budget left from /metrics text."""
+    decisions: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    remaining: float | None = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "hitl_connector_decisions_total":
+                key = sample.labels.get("decision", "?")
+                decisions[key] = decisions.get(key, 0) + sample.value
+            elif sample.name == "hitl_connector_decision_latency_seconds_bucket":
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0) + sample.value
+            elif sample.name == "hitl_connector_hitl_rate_limit_remaining":
+                remaining = sample.value
+    p95: float | None = None
+    total = buckets.get(float("inf"), 0)
+    if total:
+        p95 = next(le for le, n in sorted(buckets.items()) if n >= 0.95 * total)
+    return {"decisions": decisions, "e2e_p95": p95, "remaining": remaining}
+
+
 class DevStack:
     """Supervises the local stack's processes."""
 
@@ -89,6 +112,7 @@ class DevStack:
         self.broker: DevKafka | None = None
         self.started = time.monotonic()
         self._offsets: _RecordCounter | None = None
+        self.first_decision: float | None = None
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         # Our own CLI with arguments we built; no shell, no outside input. The child keeps
@@ -175,23 +199,35 @@ class DevStack:
         )
         return bootstrap
 
+    async def _get(self, url: str) -> httpx.Response | None:
+        try:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return await http.get(url)
+        except httpx.HTTPError:
+            return None
+
     async def progress(self, bootstrap: str) -> str:
         if self._offsets is None:
             self._offsets = _RecordCounter(bootstrap, list(TOPICS))
         ends = await self._offsets.read()
-        try:
-            async with httpx.AsyncClient(timeout=2) as http:
-                response = await http.get(
-                    f"http://127.0.0.1:{self.args.sandbox_port}/sandbox/stats"
-                )
-            stats: dict[str, Any] = response.json()
-        except httpx.HTTPError:
-            stats = {}
+        sandbox = await self._get(f"http://127.0.0.1:{self.args.sandbox_port}/sandbox/stats")
+        stats: dict[str, Any] = sandbox.json() if sandbox is not None else {}
+        scraped = await self._get(f"http://127.0.0.1:{self.args.gateway_port}/metrics")
+        m = _scrape(scraped.text if scraped is not None else "")
+        decided = ends["content.decisions"]
+        if decided and self.first_decision is None:
+            self.first_decision = time.monotonic() - self.started
+            print(f"first decision after {self.first_decision:.1f}s", flush=True)
+        by_decision = ", ".join(f"{k}={v:.0f}" for k, v in sorted(m["decisions"].items()))
+        p95 = m["e2e_p95"]
+        budget = m["remaining"]
         return (
             f"[{time.monotonic() - self.started:6.0f}s] events in={ends['content.events']} "
             f"requests={stats.get('creates', '?')} pending={stats.get('pending', '?')} "
-            f"decisions out={ends['content.decisions']} dlq={ends['content.events.dlq']} "
-            f"api calls={stats.get('api_calls_total', '?')} 429s={stats.get('rate_limited', '?')}"
+            f"decisions out={decided} ({by_decision or '-'}) dlq={ends['content.events.dlq']} "
+            f"p95 e2e≤{'-' if p95 is None else f'{p95:.0f}s'} "
+            f"budget left={'-' if budget is None else f'{budget:.0f}'} "
+            f"429s={stats.get('rate_limited', '?')}"
         )
 
     async def stop(self) -> None:
@@ -231,6 +267,8 @@ async def run(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(stop.wait(), timeout=args.interval)
         print("\nstopping …", flush=True)
         print("summary:", line)
+        if stack.first_decision is not None:
+            print(f"time to first decision: {stack.first_decision:.1f}s")
         return 0
     finally:
         await stack.stop()
