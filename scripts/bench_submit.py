@@ -19,6 +19,7 @@ import asyncio
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -219,6 +220,10 @@ async def run_naive(bootstrap: str, sandbox: str, n: int) -> dict[str, float]:
     return {"events_per_s": n / elapsed, "cpu_us_per_event": cpu / n * 1e6}
 
 
+def median_row(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -237,13 +242,18 @@ async def main() -> None:
     sandbox_proc = start_sandbox(port)
     sandbox = f"http://127.0.0.1:{port}"
     try:
+        # Metrics on/off alternate, twice each, and the medians are compared, so that warm-up
+        # and drift of a shared machine do not land on one side.
+        on_runs: list[dict[str, float]] = []
+        off_runs: list[dict[str, float]] = []
+        for _ in range(2):
+            on_runs.append(await run_connector(bootstrap, sandbox, args.events, "aiohttp", tmp))
+            off_runs.append(
+                await run_connector(bootstrap, sandbox, args.events, "aiohttp", tmp, metrics=False)
+            )
         rows = {
-            "connector (aiohttp transport)": await run_connector(
-                bootstrap, sandbox, args.events, "aiohttp", tmp
-            ),
-            "connector (aiohttp, metrics off)": await run_connector(
-                bootstrap, sandbox, args.events, "aiohttp", tmp, metrics=False
-            ),
+            "connector (aiohttp transport)": median_row(on_runs),
+            "connector (aiohttp, metrics off)": median_row(off_runs),
             "connector (stock httpx transport)": await run_connector(
                 bootstrap, sandbox, args.events, "httpx", tmp
             ),

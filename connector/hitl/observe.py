@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from connector.hitl.pacing import CircuitState
 from connector.hitl.retry import RateLimitInfo
 from connector.metrics import CIRCUIT_VALUES, Metrics, status_class
@@ -12,9 +14,15 @@ class ApiMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        # Label children looked up once: this runs on every API call.
+        self._children: dict[tuple[str, int | None], Any] = {}
 
     def on_call(self, endpoint: str, status: int | None, seconds: float) -> None:
-        self._m.api_calls.labels(endpoint, status_class(status)).inc()
+        key = (endpoint, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._m.api_calls.labels(endpoint, status_class(status))
+        child.inc()
         if endpoint == "create_request" and status is not None and status < 300:
             self._m.create_latency.observe(seconds)
 
