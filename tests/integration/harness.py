@@ -6,6 +6,7 @@ Everything here talks to the real broker and real HTTP servers; nothing is faked
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,6 +21,13 @@ from connector.config import Settings
 from connector.kafka.admin import partition_ids
 
 API_KEY = "hitl_test_key"
+WEBHOOK_SECRET = "whsec-test-1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def run_settings(
@@ -60,6 +68,29 @@ def run_settings(
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return Settings(**data)
+
+
+def decision_settings(bootstrap: str, sandbox_url: str, **sections: Any) -> Settings:
+    """Settings for a run with every role: gateway on a free port with a public URL (so
+    requests carry callback URLs), webhook secret, fast reconciler."""
+    port = free_port()
+    gateway = {
+        "host": "127.0.0.1",
+        "port": port,
+        "public_url": f"http://127.0.0.1:{port}",
+        "secrets": [WEBHOOK_SECRET],
+        "token_secret": "token-secret",
+        "signature": "if-present",
+    }
+    gateway.update(sections.pop("gateway", {}))
+    resolver = {
+        "reconcile_interval_seconds": 1.0,
+        "reconcile_max_wait_seconds": 6.0,
+        "reconcile_repoll_seconds": 5.0,
+        "unmatched_ttl_seconds": 30.0,
+    }
+    resolver.update(sections.pop("resolver", {}))
+    return run_settings(bootstrap, sandbox_url, gateway=gateway, resolver=resolver, **sections)
 
 
 async def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> int:

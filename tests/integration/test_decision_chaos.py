@@ -31,14 +31,16 @@ from connector.app import ConnectorApp
 from connector.config import Settings
 from connector.kafka.admin import ensure_topics
 from connector.sandbox import SandboxServer
-from tests.integration.harness import API_KEY, produce, read_all, sandbox_get, wait_until
-from tests.integration.test_decision_path import (
-    SECRET,
+from tests.integration.harness import (
+    API_KEY,
     decision_settings,
-    events,
     free_port,
-    reviewer,
+    produce,
+    read_all,
+    sandbox_get,
+    wait_until,
 )
+from tests.integration.test_decision_path import SECRET, events, reviewer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 

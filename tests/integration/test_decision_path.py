@@ -7,7 +7,6 @@ Each HITL request must end as exactly one decision record joined to its event.
 from __future__ import annotations
 
 import collections
-import socket
 import statistics
 from datetime import datetime
 from typing import Any
@@ -19,10 +18,11 @@ from connector.app import ConnectorApp
 from connector.config import Settings
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
+    WEBHOOK_SECRET,
+    decision_settings,
     offsets,
     produce,
     read_all,
-    run_settings,
     sandbox_get,
     wait_until,
 )
@@ -30,34 +30,7 @@ from tests.integration.harness import (
 pytestmark = pytest.mark.kafka
 
 LOOP = "loop-test"
-SECRET = "whsec-test-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def decision_settings(bootstrap: str, sandbox_url: str, **sections: Any) -> Settings:
-    port = free_port()
-    gateway = {
-        "host": "127.0.0.1",
-        "port": port,
-        "public_url": f"http://127.0.0.1:{port}",
-        "secrets": [SECRET],
-        "token_secret": "token-secret",
-        "signature": "if-present",
-    }
-    gateway.update(sections.pop("gateway", {}))
-    resolver = {
-        "reconcile_interval_seconds": 1.0,
-        "reconcile_max_wait_seconds": 6.0,
-        "reconcile_repoll_seconds": 5.0,
-        "unmatched_ttl_seconds": 30.0,
-    }
-    resolver.update(sections.pop("resolver", {}))
-    return run_settings(bootstrap, sandbox_url, gateway=gateway, resolver=resolver, **sections)
+SECRET = WEBHOOK_SECRET
 
 
 def events(n: int, prefix: str) -> list[tuple[bytes, bytes]]:

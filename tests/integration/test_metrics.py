@@ -16,6 +16,7 @@ from connector.app import ConnectorApp
 from connector.metrics import Metrics
 from connector.sandbox import SandboxServer
 from tests.integration.harness import (
+    decision_settings,
     offsets,
     produce,
     read_all,
@@ -23,7 +24,7 @@ from tests.integration.harness import (
     sandbox_put_config,
     wait_until,
 )
-from tests.integration.test_decision_path import decision_settings, reviewer
+from tests.integration.test_decision_path import reviewer
 
 pytestmark = pytest.mark.kafka
 

@@ -14,7 +14,6 @@ import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,16 +25,22 @@ import orjson
 import pytest
 import yaml
 
-from connector.config import Settings
 from connector.sandbox import SandboxOptions, SandboxServer
-from tests.integration.harness import produce, read_all, run_settings, wait_until
+from tests.integration.harness import (
+    WEBHOOK_SECRET,
+    decision_settings,
+    free_port,
+    produce,
+    read_all,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "hitl-connector.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-SECRET = "whsec-test-1"
+SECRET = WEBHOOK_SECRET
 LOOP = "loop-test"
 GOOD = 30
 # What Grafana would put in for the template variables (all instances, all loops).
@@ -47,35 +52,6 @@ VARIABLES = {
     "__range": "5m",
 }
 VARIABLE_RE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def settings_for(bootstrap: str, sandbox_url: str) -> Settings:
-    """As test_decision_path.decision_settings: gateway on a free port, fast reconcile."""
-    port = free_port()
-    return run_settings(
-        bootstrap,
-        sandbox_url,
-        gateway={
-            "host": "127.0.0.1",
-            "port": port,
-            "public_url": f"http://127.0.0.1:{port}",
-            "secrets": [SECRET],
-            "token_secret": "token-secret",
-            "signature": "if-present",
-        },
-        resolver={
-            "reconcile_interval_seconds": 1.0,
-            "reconcile_max_wait_seconds": 6.0,
-            "reconcile_repoll_seconds": 5.0,
-            "unmatched_ttl_seconds": 30.0,
-        },
-    )
 
 
 def substitute(expr: str) -> str:
@@ -176,7 +152,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_scrape(
         rate_limit_calls=100_000,
     )
     with SandboxServer(options) as sandbox:
-        settings = settings_for(kafka_bootstrap, sandbox.url)
+        settings = decision_settings(kafka_bootstrap, sandbox.url)
         app = await connector_apps(settings, "all")
         assert app.gateway is not None
         gateway_url = app.gateway.url

@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from connector.sandbox import SandboxOptions, SandboxServer
-from tests.integration.harness import API_KEY, produce, read_all, wait_until
-from tests.integration.test_decision_path import LOOP, SECRET, decision_settings
+from tests.integration.harness import API_KEY, decision_settings, produce, read_all, wait_until
+from tests.integration.test_decision_path import LOOP, SECRET
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
