@@ -40,6 +40,7 @@ from tests.integration.harness import (
     sandbox_get,
     wait_until,
 )
+from tests.integration.ledger import Ledger, ledger
 from tests.integration.test_decision_path import SECRET, events, reviewer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
@@ -60,6 +61,13 @@ def exactly_once(decisions: list[dict[str, Any]], requests: list[dict[str, Any]]
         "undecided": len({r["id"] for r in requests} - set(per_request)),
         "decided_twice": sum(1 for n in per_request.values() if n > 1),
     }
+
+
+def exactly_once_ledger(figures: Ledger, n: int) -> None:
+    """Every event decided once: no loss, no second request, no second decision."""
+    assert figures.events_in == n and figures.lost == 0 and figures.undecided == 0
+    assert figures.requests == n and figures.duplicate_requests == 0
+    assert figures.decisions_out == n and figures.duplicate_decisions == 0
 
 
 async def test_kafka_paused_while_webhooks_arrive_then_every_decision_once(
@@ -85,12 +93,15 @@ async def test_kafka_paused_while_webhooks_arrive_then_every_decision_once(
             async def all_decided() -> bool:
                 return len(await decisions_of(settings)) >= n
 
-            await wait_until(all_decided, timeout=240, interval=1, what="all decisions")
+            took = await wait_until(all_decided, timeout=240, interval=1, what="all decisions")
             requests = sandbox_get(sandbox.url, "/sandbox/requests")["requests"]
             figures = exactly_once(await decisions_of(settings), requests)
             gateway = app.gateway.app.stats.outcomes if app.gateway else {}
             webhooks = sandbox_get(sandbox.url, "/sandbox/stats")["webhooks"]
             print(f"\nkafka-paused: {figures} gateway={gateway} retries={webhooks['retries']}")
+            ledger_figures = await ledger(settings, sandbox.url, recovery_s=took)
+            print(f"kafka-paused ledger: {ledger_figures.line()}")
+            exactly_once_ledger(ledger_figures, n)
             assert gateway.get("unavailable", 0) > 0, "no webhook met the outage"
             assert figures["undecided"] == 0 and figures["decided_twice"] == 0
             assert figures["requests"] == n and figures["duplicate_requests"] == 0
@@ -219,7 +230,10 @@ async def test_two_connectors_one_killed_mid_run(kafka_bootstrap: str, tmp_path:
             f"\ntwo-connectors-one-killed: {figures} recovery={took:.1f}s "
             f"replays={stats['idempotent_replays']}"
         )
+        ledger_figures = await ledger(settings, sandbox.url, recovery_s=took)
+        print(f"two-connectors-one-killed ledger: {ledger_figures.line()}")
         assert procs[1].returncode == 0, (tmp_path / "node1.log").read_text()[-3000:]
+        exactly_once_ledger(ledger_figures, n)
         assert figures["requests"] == n and figures["duplicate_requests"] == 0
         assert figures["undecided"] == 0 and figures["decided_twice"] == 0
 
@@ -254,6 +268,9 @@ async def test_claims_and_escalations_reach_the_escalations_topic(kafka_bootstra
             requests = sandbox_get(sandbox.url, "/sandbox/requests")["requests"]
             figures = exactly_once(await decisions_of(settings), requests)
             print(f"\nescalations: {dict(kinds)} {figures}")
+            ledger_figures = await ledger(settings, sandbox.url)
+            print(f"escalations ledger: {ledger_figures.line()}")
+            exactly_once_ledger(ledger_figures, 20)
             assert kinds["request.escalated"] >= 15 and kinds["request.claimed"] >= 15
             assert {e["event_id"] for e in escalations} <= {f"esc-{i}" for i in range(20)} | {
                 r["idempotency_key"] for r in requests

@@ -32,6 +32,7 @@ from tests.integration.harness import (
     sandbox_put_config,
     wait_until,
 )
+from tests.integration.ledger import ledger
 
 pytestmark = pytest.mark.kafka
 
@@ -104,6 +105,10 @@ async def test_outage_with_retry_after_pauses_partitions_and_loses_nothing(
             f"requests={len(keys)} lost={150 - len(set(keys))} "
             f"duplicates={len(keys) - len(set(keys))}"
         )
+        figures = await ledger(settings, sandbox.url, recovery_s=recovered)
+        print(f"outage ledger: {figures.line()}")
+        assert figures.events_in == 150 and figures.lost == 0
+        assert figures.duplicate_requests == 0 and figures.requests == 150
         assert failed, "the outage was not observed"
         assert not early, f"calls earlier than Retry-After: {early[:5]}"
         assert max_paused > 0, "partitions were not paused during the outage"
@@ -249,7 +254,11 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
             f"{len(keys) - len(set(keys))} duplicate_creates_absorbed_by_idempotency="
             f"{stats['idempotent_replays']} recovery={took:.1f}s"
         )
+        figures = await ledger(settings, sandbox.url, recovery_s=took)
+        print(f"sigkill ledger: {figures.line()}")
         assert proc.returncode == 0, log.read_text()[-3000:]
+        assert figures.events_in == n and figures.lost == 0 and figures.requests == n
+        assert figures.duplicate_requests == 0, "duplicate HITL requests"
         text = log.read_text()
         assert API_KEY not in text, "the API key reached the log"
         lines = [orjson.loads(line) for line in text.splitlines() if line.strip()]

@@ -25,6 +25,7 @@ from tests.integration.harness import (
     sandbox_get,
     wait_until,
 )
+from tests.integration.ledger import ledger
 
 pytestmark = pytest.mark.kafka
 
@@ -129,7 +130,13 @@ async def test_2000_events_each_end_in_exactly_one_place(
         f"duplicates={len(keys) - len(set(keys))} seconds={took:.1f} "
         f"rate={len(cases) / max(took, 1e-9):.0f}/s"
     )
+    figures = await ledger(settings, sandbox.url)
+    print(f"submit-path ledger: {figures.line()}")
     assert snap.done and snap.total_committed == len(cases)
+    assert figures.events_in == len(cases) and figures.lost == 0
+    assert figures.duplicate_requests == 0 and figures.duplicate_decisions == 0
+    assert figures.undecided == expected["created"], "no resolver: created events stay undecided"
+    assert figures.dlq == sum(v for k, v in expected.items() if k.startswith("dlq"))
     assert len(keys) == len(set(keys)), "duplicate HITL requests"
     assert set(keys) == want_created
     assert stats["unknown_fields"] == {}, "the connector sent undocumented fields"
