@@ -205,6 +205,13 @@ class BatchSettings(_Section):
     max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     linger_ms: int = Field(default=50, ge=0, le=60_000)
     max_event_bytes: int = Field(default=1024 * 1024, ge=256)
+    dlq_max_value_bytes: int = Field(
+        default=900 * 1024,
+        ge=1024,
+        description="DLQ records keep the original value up to this size; larger values are "
+        "left out (header error.value_omitted) because the producer and the DLQ topic refuse "
+        "records over ~1 MiB. Raise it only with kafka producer and topic limits to match.",
+    )
     # How long one batch may wait for API tokens/retries before deferring the rest.
     max_batch_seconds: float = Field(default=10.0, gt=0)
     shutdown_deadline_seconds: float = Field(default=20.0, gt=0)

@@ -108,6 +108,7 @@ class ReplaySummary:
     sent: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)
     limited: bool = False
+    omitted: int = 0  # matched, but the DLQ kept no value (too large); see source.* headers
 
     @property
     def matched(self) -> int:
@@ -115,8 +116,14 @@ class ReplaySummary:
 
     def format(self) -> str:
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.by_reason.items())) or "none"
-        head = f"dry run: would replay {self.matched}" if self.dry_run else f"replayed {self.sent}"
+        replayable = self.matched - self.omitted
+        head = f"dry run: would replay {replayable}" if self.dry_run else f"replayed {self.sent}"
         tail = " (stopped at --limit)" if self.limited else ""
+        if self.omitted:
+            tail += (
+                f"; skipped {self.omitted} whose value was too large to keep in the DLQ "
+                "(replay them from their source.* coordinates)"
+            )
         sent = "; nothing sent" if self.dry_run else ""
         return (
             f"{head} of {self.scanned} records read from {self.dlq_topic} to {self.target}"
@@ -224,6 +231,10 @@ async def _copy(
                 summary.limited = True
                 break
             summary.by_reason[reason] += 1
+            if find_header(record.headers, "error.value_omitted") is not None:
+                # The value was too large to keep; replaying an empty record would be wrong.
+                summary.omitted += 1
+                continue
             if producer is None:
                 if summary.matched <= show:
                     print("would send " + _describe(record, reason), file=out)

@@ -131,8 +131,14 @@ def dlq_record(
     reason: str,
     detail: str,
     original_headers: Any = (),
+    max_value_bytes: int | None = None,
 ) -> OutRecord:
-    """The original key and value bytes unchanged, plus reason and source headers."""
+    """The original key and value bytes unchanged, plus reason and source headers.
+
+    A value over ``max_value_bytes`` cannot be produced at all (the producer's and the DLQ
+    topic's size limits), so it is left out and ``error.value_omitted`` gives its size; the
+    ``source.*`` headers still locate the original in the input topic.
+    """
     headers: Headers = [(k, bytes(v)) for k, v in (original_headers or ()) if v is not None]
     headers += [
         ("error.reason", reason.encode()),
@@ -142,6 +148,12 @@ def dlq_record(
         ("source.offset", str(source.offset).encode()),
         ("source.timestamp", str(source.timestamp_ms if source.timestamp_ms else "").encode()),
     ]
+    if value is not None and max_value_bytes is not None and len(value) > max_value_bytes:
+        headers.append(("error.value_omitted", str(len(value)).encode()))
+        value = None
+    if sum(len(k) + len(v) for k, v in headers) > 64 * 1024:
+        # Original headers are untrusted and count against the same size limit.
+        headers = [(k, v) for k, v in headers if k.startswith(("error.", "source."))]
     return OutRecord(topic, key, value, headers)
 
 

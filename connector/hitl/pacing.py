@@ -145,6 +145,10 @@ class ApiPacer:
     async def acquire(self, deadline: float | None = None) -> bool:
         """Wait for a permit, first come first served; False as soon as one cannot be had
         before ``deadline`` (monotonic), without sleeping past it."""
+        if not self._queue and self._decide(self.clock.monotonic()) is True:
+            # Nobody waiting and a permit free: the common case takes no waiter and no future.
+            self._grant()
+            return True
         me = _Waiter()
         self._queue.append(me)
         try:
@@ -154,12 +158,7 @@ class ApiPacer:
                 head = self._queue[0] is me
                 if decision is True and head:
                     self._queue.popleft()
-                    # A probe goes out alone, so its answer is recognisable in release().
-                    self._probe_out = not self._responded or (
-                        self._headers_seen and self._remaining is None
-                    )
-                    self._in_flight += 1
-                    self._wake_head()  # the next in line may get a permit too
+                    self._grant()
                     return True
                 # Nobody behind the head gets a permit before the head does.
                 at = None if decision is True else decision  # None: only a release helps
@@ -176,6 +175,12 @@ class ApiPacer:
                 self._queue.remove(me)
                 if was_head:
                     self._wake_head()
+
+    def _grant(self) -> None:
+        # A probe goes out alone, so its answer is recognisable in release().
+        self._probe_out = not self._responded or (self._headers_seen and self._remaining is None)
+        self._in_flight += 1
+        self._wake_head()  # the next in line may get a permit too
 
     async def _sleep(self, woken: asyncio.Future[None], delay: float | None) -> None:
         """Until ``woken`` resolves or ``delay`` passes, whichever is first."""

@@ -67,8 +67,13 @@ def build_create_body(
     *,
     callback_url: str | None = None,
     platform_version: str | None = None,
+    response_cfg: dict[str, Any] | None = None,
 ) -> CreateBody:
-    """The create-request body for ``event``, exactly as documented."""
+    """The create-request body for ``event``, exactly as documented.
+
+    ``response_cfg``: ``response_config(review)`` computed once by a caller building many
+    bodies (it is shared between them, so nobody may change it afterwards).
+    """
     text, truncated = _cut(_render_text(event, review), review.max_text_chars)
     if not text.strip():
         text = IMAGE_PLACEHOLDER
@@ -90,7 +95,7 @@ def build_create_body(
         "priority": event.priority,
         "request_text": text,
         "response_type": review.response_type,
-        "response_config": response_config(review),
+        "response_config": response_cfg if response_cfg is not None else response_config(review),
         "default_response": review.default_response,
         "platform": review.platform,
         "context": context,
