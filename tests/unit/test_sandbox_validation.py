@@ -14,25 +14,12 @@ from connector.sandbox.validation import (
     unknown_fields,
     validate_create_request,
 )
+from tests.support import create_body
 
 
 def body(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "processing_type": "time-sensitive",
-        "type": "markdown",
-        "priority": "high",
-        "request_text": "Please review",
-        "timeout_seconds": 600,
-        "response_type": "single_select",
-        "response_config": {
-            "options": [
-                {"value": "approved", "label": "Approve"},
-                {"value": "rejected", "label": "Reject"},
-            ]
-        },
-        "default_response": "rejected",
-        "platform": "api",
-    }
+    """A valid body; a change to ``_DROP`` removes that field."""
+    base = create_body(request_text="Please review")
     for key, value in changes.items():
         if value is _DROP:
             base.pop(key)

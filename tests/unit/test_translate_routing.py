@@ -6,26 +6,14 @@ import orjson
 
 from connector.config import LoopSettings, PolicySettings, ReviewSettings, RouteRule
 from connector.records import SourceRef
+from connector.sandbox.validation import DOCUMENTED_FIELDS
 from connector.submitter.events import parse_event
 from connector.submitter.routing import choose_loop, decide_by_policy
 from connector.submitter.translate import build_create_body
 
 SRC = SourceRef("content.events", 0, 7, 1_700_000_000_000)
-DOCUMENTED = {
-    "processing_type",
-    "type",
-    "priority",
-    "request_text",
-    "response_type",
-    "response_config",
-    "default_response",
-    "platform",
-    "timeout_seconds",
-    "context",
-    "image_url",
-    "callback_url",
-    "platform_version",
-}
+# The sandbox is the reference for what HITL.sh documents.
+DOCUMENTED = DOCUMENTED_FIELDS
 
 
 def ev(**fields: object):  # type: ignore[no-untyped-def]
