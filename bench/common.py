@@ -1,0 +1,270 @@
+"""Shared pieces of the benchmarks: processes, CPU from /proc, topics, figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import orjson
+import yaml
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOP = "bench-loop"
+API_KEY = "bench-key"
+WEBHOOK_SECRET = "bench-webhook-secret"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Figure:
+    """One measured quantity: every repetition's value, the median and the spread."""
+
+    scenario: str
+    name: str
+    unit: str
+    values: list[float]
+    target: str | None = None  # e.g. ">= 30", "<= 150"
+    better: Literal["higher", "lower"] = "higher"
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        return (min(self.values), max(self.values)) if self.values else (math_nan(), math_nan())
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the median meets ``target`` (``None`` without a target)."""
+        if not self.target or not self.values:
+            return None
+        op, bound = self.target.split()
+        return self.median >= float(bound) if op == ">=" else self.median <= float(bound)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(median=self.median, min=self.spread[0], max=self.spread[1], met=self.met)
+        return out
+
+
+def math_nan() -> float:
+    return float("nan")
+
+
+@dataclass
+class BenchEnv:
+    """What every scenario gets: one broker, a scratch dir, and how hard to try."""
+
+    bootstrap: str
+    tmp: Path
+    repeats: int = 3
+    quick: bool = False
+    broker_lib: Path | None = None  # Kafka jars (for the perf-test tools)
+    java: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def scale(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def run_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def spawn(
+    args: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a child process with its output in ``log`` (the handle is closed in the parent)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(args), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def sandbox(tmp: Path, *args: str) -> Any:
+    """A sandbox process on a free port (preset loop ``LOOP``); yields its base URL."""
+    port = free_port()
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "connector.sandbox",
+            "--port",
+            str(port),
+            "--preset-loop",
+            LOOP,
+            *args,
+        ],
+        tmp / f"sandbox-{port}.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/sandbox/stats", proc)
+        yield url, proc
+    finally:
+        stop(proc)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+async def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 6) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        for name in names:  # wait until every partition has a leader
+            for _ in range(100):
+                (described,) = await admin.describe_topics([name])
+                leaders = [p["leader"] for p in described["partitions"]]
+                if described["error_code"] == 0 and leaders and min(leaders) >= 0:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+
+
+def event(run: str, i: int, **extra: Any) -> bytes:
+    return orjson.dumps(
+        {"id": f"{run}-{i}", "content": f"benchmark post {i}", "priority": "normal", **extra}
+    )
+
+
+@contextlib.asynccontextmanager
+async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all")
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+async def produce_events(bootstrap: str, topic: str, run: str, n: int, start: int = 0) -> None:
+    async with producer(bootstrap) as p:
+        futures = [
+            await p.send(topic, event(run, i), key=f"{run}-{i}".encode())
+            for i in range(start, start + n)
+        ]
+        await asyncio.gather(*futures)
+
+
+async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+        return sum(max(0, m.offset) for m in offsets.values())
+    finally:
+        await admin.close()
+
+
+def topics_for(run: str) -> dict[str, Any]:
+    return {
+        "input": f"in-{run}",
+        "output": f"out-{run}",
+        "dlq": f"dlq-{run}",
+        "requests": f"req-{run}",
+        "callbacks": f"cb-{run}",
+        "unmatched": f"unm-{run}",
+        "escalations": None,
+    }
+
+
+def connector_config(env: BenchEnv, run: str, sandbox_url: str, **sections: Any) -> Path:
+    """A connector YAML for one run; ``sections`` are merged over the defaults, per section."""
+    cfg: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": env.bootstrap, "group_id": f"g-{run}", "instance_id": run},
+        "topics": topics_for(run),
+        "hitl": {
+            "base_url": f"{sandbox_url}/v1",
+            "max_in_flight": 64,
+            "rate_limit_calls": 10_000_000,
+            "rate_limit_window_seconds": 1,
+        },
+        "loops": {"default": LOOP},
+        "batch": {"max_records": 1000, "linger_ms": 20},
+        "gateway": {"host": "127.0.0.1", "port": 0},
+        "log": {"level": "WARNING", "format": "json"},
+    }
+    for section, values in sections.items():
+        cfg[section] = {**cfg.get(section, {}), **values} if values is not None else None
+    path = env.tmp / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_connector(
+    env: BenchEnv, config: Path, role: str = "submitter"
+) -> subprocess.Popen[bytes]:
+    return spawn(
+        [sys.executable, "-m", "connector.cli", "run", "--role", role, "--config", str(config)],
+        config.with_suffix(".log"),
+        env={"HITL_API_KEY": API_KEY, "HITL_WEBHOOK_SECRET": WEBHOOK_SECRET},
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
