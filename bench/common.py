@@ -206,15 +206,33 @@ async def produce_events(bootstrap: str, topic: str, run: str, n: int, start: in
         await asyncio.gather(*futures)
 
 
-async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+class OffsetWatch:
+    """Committed offsets of one group on one topic, through one long-lived admin client."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int) -> None:
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self._group = group
+        self._tps = [TopicPartition(topic, p) for p in range(partitions)]
+
+    async def __aenter__(self) -> OffsetWatch:
+        await self._admin.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._admin.close()
+
+    async def committed(self) -> int:
+        offsets = await self._admin.list_consumer_group_offsets(self._group, partitions=self._tps)
         return sum(max(0, m.offset) for m in offsets.values())
-    finally:
-        await admin.close()
+
+    async def wait_for(self, total: int, poll: float = 0.02) -> None:
+        while await self.committed() < total:
+            await asyncio.sleep(poll)
+
+
+async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    async with OffsetWatch(bootstrap, group, topic, partitions) as watch:
+        return await watch.committed()
 
 
 def topics_for(run: str) -> dict[str, Any]:

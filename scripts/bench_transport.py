@@ -69,7 +69,7 @@ def serve() -> None:
 
 
 async def drive(
-    port: int, kind: Literal["aiohttp", "httpx"], in_flight: int, requests: int
+    port: int, kind: Literal["h1", "aiohttp", "httpx"], in_flight: int, requests: int
 ) -> tuple[float, float]:
     """(req/s, client CPU µs per request) for ``requests`` creates at ``in_flight``."""
     settings = HitlSettings(
@@ -122,7 +122,7 @@ def main() -> None:
             runner = _runner(loop_name)
             for in_flight in args.in_flight:
                 results: dict[str, tuple[float, float]] = {}
-                for kind in ("httpx", "aiohttp"):
+                for kind in ("httpx", "aiohttp", "h1"):
                     rate, cpu = runner(drive(port, kind, in_flight, args.requests))
                     results[kind] = (rate, cpu)
                     print(f"{loop_name:8} {in_flight:>9} {kind:>9} {rate:>9.0f} {cpu:>10.0f}")

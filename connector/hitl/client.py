@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
@@ -25,6 +26,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from connector.config import HitlSettings
 from connector.errors import HitlPermanentError, HitlUnavailableError
+from connector.hitl.h1 import H1Transport, RawRequest, origin_of, serialize
 from connector.hitl.pacing import ApiPacer, CircuitBreaker, CircuitState, Clock
 from connector.hitl.retry import (
     RateLimitInfo,
@@ -79,9 +81,11 @@ class RequestPage:
 
 
 def build_transport(
-    kind: Literal["aiohttp", "httpx"], max_connections: int
+    kind: Literal["h1", "aiohttp", "httpx"], max_connections: int
 ) -> httpx.AsyncBaseTransport:
     """The connection pool; ``max_connections`` should equal the pacer's ``max_in_flight``."""
+    if kind == "h1":
+        return H1Transport(max_connections)
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
@@ -109,13 +113,23 @@ def _json(content: bytes) -> Any:
         return None
 
 
-def _msg(body: Any, content: bytes, response: httpx.Response) -> str:
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A whole HTTP answer, whichever transport carried it."""
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive, or lower-case keys
+    reason: str
+    content: bytes
+
+
+def _msg(body: Any, answer: _Answer) -> str:
     if isinstance(body, dict):
         for key in ("msg", "message", "error"):
             if isinstance(body.get(key), str) and body[key]:
                 return str(body[key])[:_MAX_MSG_CHARS]
-    text = content[:_MAX_MSG_CHARS].decode("utf-8", errors="replace").strip()
-    return text or response.reason_phrase or f"HTTP {response.status_code}"
+    text = answer.content[:_MAX_MSG_CHARS].decode("utf-8", errors="replace").strip()
+    return text or answer.reason or f"HTTP {answer.status}"
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
@@ -216,6 +230,8 @@ class HitlClient:
         self._stopped = False
         self._base = settings.base_url.rstrip("/") + "/"
         self._headers: list[tuple[bytes, bytes]] = []
+        self._header_block = b""  # the static headers serialized, for H1Transport
+        self._timeouts: dict[str, float | None] = {}
         self._extensions: dict[str, Any] = {}
         self._urls: dict[tuple[str, bool], httpx.URL] = {}
         self.breaker.on_change(self._observer.on_circuit)
@@ -247,13 +263,15 @@ class HitlClient:
         if s.api_key is not None:
             headers.append((b"Authorization", f"Bearer {s.api_key.get_secret_value()}".encode()))
         self._headers = headers
+        self._header_block = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
         timeout = httpx.Timeout(
             connect=s.connect_timeout_seconds,
             read=s.read_timeout_seconds,
             write=s.read_timeout_seconds,
             pool=s.read_timeout_seconds,
         )
-        self._extensions = {"timeout": timeout.as_dict()}
+        self._timeouts = timeout.as_dict()
+        self._extensions = {"timeout": self._timeouts}
         self._http = self._transport or build_transport(s.transport, s.max_in_flight)
         self._transport = self._http
 
@@ -397,28 +415,48 @@ class HitlClient:
         content: bytes | None,
         params: dict[str, str | int] | None,
         idempotency_key: str | None,
-    ) -> httpx.Request:
+    ) -> httpx.Request | RawRequest:
+        if params is not None:
+            url = url.copy_merge_params(params)
+        body = content or b""
+        if isinstance(self._http, H1Transport):
+            # Serialized once, here: retries resend the same bytes on any pooled connection.
+            lines = [b"Host: ", url.netloc, b"\r\n", self._header_block]
+            if idempotency_key:
+                lines += (b"Idempotency-Key: ", idempotency_key.encode(), b"\r\n")
+            if content is not None or method in ("POST", "PUT", "PATCH"):
+                lines += (b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n")
+            return RawRequest(
+                origin_of(url),
+                serialize(method.encode("ascii"), url.raw_path, b"".join(lines), body),
+                self._timeouts,
+            )
         headers = [(b"Host", url.netloc), *self._headers]
         if idempotency_key:
             headers.append((b"Idempotency-Key", idempotency_key.encode()))
         if content is not None or method in ("POST", "PUT", "PATCH"):
-            headers.append((b"Content-Length", str(len(content or b"")).encode("ascii")))
-        if params is not None:
-            url = url.copy_merge_params(params)
+            headers.append((b"Content-Length", str(len(body)).encode("ascii")))
         request = httpx.Request(
-            method,
-            url,
-            headers=headers,
-            stream=httpx.ByteStream(content or b""),
-            extensions=self._extensions,
+            method, url, headers=headers, stream=httpx.ByteStream(body), extensions=self._extensions
         )
         request.read()  # the body is in memory: the transport sends it with its length
         return request
 
     async def _send(
-        self, http: httpx.AsyncBaseTransport, request: httpx.Request
-    ) -> tuple[httpx.Response, bytes]:
+        self, http: httpx.AsyncBaseTransport, request: httpx.Request | RawRequest
+    ) -> _Answer:
         """Send and read the whole answer (they are small JSON objects)."""
+        if isinstance(request, RawRequest):
+            assert isinstance(http, H1Transport)
+            raw = await http.send_raw(request)
+            headers = raw.header_map()
+            reason = raw.reason.decode("latin-1")
+            if "content-encoding" not in headers:
+                return _Answer(raw.status, headers, reason, b"".join(raw.body))
+            response = httpx.Response(  # compressed: let httpx decode it
+                raw.status, headers=raw.headers, stream=httpx.ByteStream(b"".join(raw.body))
+            )
+            return _Answer(raw.status, headers, reason, await response.aread())
         response = await http.handle_async_request(request)
         try:
             stream = response.stream
@@ -432,7 +470,7 @@ class HitlClient:
                 content = b"".join([chunk async for chunk in stream])
         finally:
             await response.aclose()
-        return response, content
+        return _Answer(response.status_code, response.headers, response.reason_phrase, content)
 
     async def _call(
         self,
@@ -489,7 +527,7 @@ class HitlClient:
     async def _attempt(
         self,
         http: httpx.AsyncBaseTransport,
-        request: httpx.Request,
+        request: httpx.Request | RawRequest,
         endpoint: str,
         deadline: float | None,
     ) -> _Reply | _Retry:
@@ -511,7 +549,7 @@ class HitlClient:
             raise
         started = clock.monotonic()
         try:
-            response, content = await self._send(http, request)
+            answer = await self._send(http, request)
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
             pacer.release(responded=False, sent=False)
             breaker.abandon(probe)
@@ -534,15 +572,15 @@ class HitlClient:
             pacer.release(responded=False)  # cancelled mid-call: it may have been sent
             breaker.abandon(probe)
             raise
-        status = response.status_code
+        status = answer.status
         self._observer.on_call(endpoint, status, clock.monotonic() - started)
-        body = _json(content)
+        body = _json(answer.content)
         now, wall = clock.monotonic(), clock.wall()
         usage = body if status == 429 or endpoint == "test_key" else None
-        info = parse_rate_limit(response.headers, wall, usage)
+        info = parse_rate_limit(answer.headers, wall, usage)
         if info is not None:
             self._observer.on_rate_limit(info)
-        msg = _msg(body, content, response)
+        msg = _msg(body, answer)
         data = body.get("data") if isinstance(body, dict) else None
         if 200 <= status < 300 or not is_retriable_status(status):
             pacer.release(info)
@@ -563,7 +601,7 @@ class HitlClient:
                     data=data,
                 )
             return _Reply(endpoint, status, body)
-        retry_at = self._retry_at(status, response.headers, info, now, wall)
+        retry_at = self._retry_at(status, answer.headers, info, now, wall)
         # The barrier is shared: once one caller learns "not before T", every caller waits.
         pacer.release(info, retry_at=retry_at, failed=status != 429)
         if status == 429:
@@ -575,7 +613,7 @@ class HitlClient:
     def _retry_at(
         self,
         status: int,
-        headers: httpx.Headers,
+        headers: Mapping[str, str],
         info: RateLimitInfo | None,
         now: float,
         wall: float,

@@ -1,0 +1,156 @@
+"""Submit path: the connector versus a naive seed-style consumer, against the machine's ceilings.
+
+The connector (``run --role submitter``, default settings except an unlimited API budget) and
+the naive client each run as their own process against a sandbox process with no rate limit;
+CPU is the submitting process's own, from /proc over the measured window (after warm-up).
+Ratios use ``env.extras["ceilings"]`` from ``bench.ceilings`` when it ran in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from typing import Any
+
+from bench.common import (
+    BenchEnv,
+    Figure,
+    OffsetWatch,
+    committed_total,
+    connector_config,
+    cpu_seconds,
+    create_topics,
+    produce_events,
+    run_id,
+    sandbox,
+    spawn,
+    start_connector,
+    stop,
+    topics_for,
+)
+
+PARTITIONS = 6
+
+NAIVE = r"""
+import asyncio, sys, httpx, orjson
+from aiokafka import AIOKafkaConsumer
+bootstrap, topic, group, url, n = sys.argv[1:6]
+async def main():
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+        enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    http = httpx.Client(headers={"Authorization": "Bearer bench-key"})
+    done = 0
+    while done < int(n):
+        msg = await consumer.getone()
+        event = orjson.loads(msg.value)
+        body = {"processing_type": "time-sensitive", "type": "markdown", "priority": "medium",
+                "request_text": event["content"], "response_type": "single_select",
+                "response_config": {"options": [{"value": "approved", "label": "Approve"},
+                                                {"value": "rejected", "label": "Reject"}]},
+                "default_response": "rejected", "platform": "api", "timeout_seconds": 3600}
+        r = http.post(f"{url}/v1/api/loops/bench-loop/requests", json=body,
+                      headers={"Idempotency-Key": event["id"]})
+        r.raise_for_status()
+        await consumer.commit()
+        done += 1
+    await consumer.stop()
+asyncio.run(main())
+"""
+
+
+async def _wait_joined(env: BenchEnv, run: str, proc: Any) -> None:
+    topic = topics_for(run)["input"]
+    for _ in range(240):
+        await asyncio.sleep(0.5)
+        if proc.poll() is not None:
+            raise RuntimeError(f"connector exited: see {env.tmp / run}.log")
+        try:
+            await committed_total(env.bootstrap, f"g-{run}", topic, PARTITIONS)
+            return
+        except Exception:
+            continue
+    raise RuntimeError("connector did not join its group in 120 s")
+
+
+async def connector_run(env: BenchEnv, url: str, n: int, transport: str) -> dict[str, float]:
+    run = run_id(f"submit-{transport}")
+    topics = topics_for(run)
+    await create_topics(env.bootstrap, [topics["input"]], PARTITIONS)
+    config = connector_config(env, run, url, hitl={"transport": transport})
+    proc = start_connector(env, config, "submitter")
+    try:
+        await _wait_joined(env, run, proc)
+        async with OffsetWatch(env.bootstrap, f"g-{run}", topics["input"], PARTITIONS) as watch:
+            warm = min(1000, n // 10)
+            await produce_events(env.bootstrap, topics["input"], run, warm)
+            await watch.wait_for(warm)
+            # Events are in Kafka before the clock starts: the connector sees a backlog, and
+            # the producer's CPU is not on the machine during the measured window.
+            await produce_events(env.bootstrap, topics["input"], run, n, start=warm)
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            await watch.wait_for(warm + n)
+            elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+    finally:
+        stop(proc)
+    return {"rate": n / elapsed, "cpu_us": cpu / n * 1e6}
+
+
+async def naive_run(env: BenchEnv, url: str, n: int) -> dict[str, float]:
+    run = run_id("naive")
+    topic = topics_for(run)["input"]
+    await create_topics(env.bootstrap, [topic], PARTITIONS)
+    await produce_events(env.bootstrap, topic, run, n)
+    args = [sys.executable, "-c", NAIVE, env.bootstrap, topic, f"g-{run}", url, str(n)]
+    t0 = time.monotonic()
+    proc = spawn(args, env.tmp / f"{run}.log")
+    cpu = 0.0
+    while proc.poll() is None:  # keep the last reading: /proc goes away at exit
+        try:
+            cpu = cpu_seconds(proc.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        await asyncio.sleep(0.02)
+    if proc.returncode:
+        raise RuntimeError(f"naive client failed: see {env.tmp / run}.log")
+    return {"rate": n / (time.monotonic() - t0), "cpu_us": cpu / n * 1e6}
+
+
+async def run(env: BenchEnv) -> list[Figure]:
+    n, naive_n = env.scale(20_000, 5_000), env.scale(500, 200)
+    runs: dict[str, list[dict[str, float]]] = {"h1": [], "aiohttp": [], "naive": []}
+    with sandbox(env.tmp) as (url, _):
+        await connector_run(env, url, 2000, "h1")  # warm the sandbox and the broker
+        for rep in range(env.repeats):
+            # Interleaved, so drift on a shared machine does not land on one side.
+            for kind in ("h1", "aiohttp"):
+                runs[kind].append(await connector_run(env, url, n, kind))
+            runs["naive"].append(await naive_run(env, url, naive_n))
+            print(f"  [{rep}] " + ", ".join(f"{k}: {v[-1]['rate']:.0f}/s" for k, v in runs.items()))
+    ratio = [c["rate"] / b["rate"] for c, b in zip(runs["h1"], runs["naive"], strict=True)]
+    figures = [
+        Figure("submit", "connector events/s", "events/s", [r["rate"] for r in runs["h1"]]),
+        Figure("submit", "connector CPU per event", "µs", [r["cpu_us"] for r in runs["h1"]],
+               target="<= 150", better="lower"),
+        Figure("submit", "naive seed-style client events/s", "events/s",
+               [r["rate"] for r in runs["naive"]]),
+        Figure("submit", "naive client CPU per event", "µs", [r["cpu_us"] for r in runs["naive"]],
+               better="lower"),
+        Figure("submit", "connector ÷ naive events/s", "×", ratio, target=">= 30"),
+        Figure("submit", "connector (aiohttp transport) events/s", "events/s",
+               [r["rate"] for r in runs["aiohttp"]], note="former default, for comparison"),
+        Figure("submit", "connector (aiohttp transport) CPU per event", "µs",
+               [r["cpu_us"] for r in runs["aiohttp"]], better="lower"),
+    ]  # fmt: skip
+    ceilings = env.extras.get("ceilings")
+    if ceilings:
+        lower = min(ceilings["broker"], ceilings["sandbox"])
+        which = "sandbox" if ceilings["sandbox"] <= ceilings["broker"] else "broker"
+        figures.append(
+            Figure("submit", f"connector ÷ lower ceiling ({which} alone)", "share",
+                   [r["rate"] / lower for r in runs["h1"]], target=">= 0.5")
+        )  # fmt: skip
+    print(f"  naive median {statistics.median(r['rate'] for r in runs['naive']):.0f}/s")
+    return figures
