@@ -177,11 +177,13 @@ class ConnectorApp:
                 log.exception("reconcile pass failed")
 
     async def _gauges(self, m: Metrics) -> None:
-        """Refresh the gauges that are states, not events: lag, pending, oldest pending."""
+        """Refresh the gauges that are states, not events: lag, pending, oldest pending,
+        asyncio tasks."""
         lags = {"submitter": LagTracker(m, "submitter"), "resolver": LagTracker(m, "resolver")}
         every = self.settings.metrics.refresh_seconds
         while True:
             try:
+                m.asyncio_tasks.set(len(asyncio.all_tasks()))
                 if self.submitter is not None:
                     await lags["submitter"].update(self.submitter.consumer_or_none)
                 if self.resolver is not None:

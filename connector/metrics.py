@@ -173,6 +173,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.asyncio_tasks = Gauge(
+            p + "asyncio_tasks",
+            "Asyncio tasks alive in the process's event loop (a leak shows as growth).",
+            registry=r,
+        )
         self.transactions = Counter(
             p + "kafka_transactions",
             "Kafka transactions by role and result (commit, abort).",
