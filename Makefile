@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: venv kafka prometheus chromium kustomize lint test run clean
+.PHONY: venv kafka prometheus chromium kustomize wrk lint test chaos soak bench run clean
 
 venv: $(VENV_STAMP)
 
@@ -40,8 +40,28 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# wrk (Debian) for the sandbox ceiling in `make bench`.
+wrk:
+	sh scripts/ensure_debian_package.sh wrk wrk
+
+# Everything but the long fault scenarios (marker `slow`); those run in `make chaos`.
 test: venv kafka prometheus chromium kustomize lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not slow"
+
+# Every fault-injection scenario (marker `chaos`), the long ones included; each prints its
+# ledger line (-s shows them as they run).
+chaos: venv kafka
+	$(VENV)/bin/pytest -m chaos -s $(ARGS)
+
+# 30 minutes of steady load with webhook faults on; prints RSS, open files, tasks and lag every
+# minute and fails if they grow or anything is lost. Not in CI. ARGS="--minutes 5" shortens it.
+soak: venv kafka
+	$(VPY) scripts/soak.py $(ARGS)
+
+# Every performance scenario of docs/performance.md; writes bench-results/latest.{md,json}.
+# ARGS="--quick" for a fast smoke run, ARGS="--only submit,webhook" for some.
+bench: venv kafka wrk
+	$(VPY) -m bench $(ARGS)
 
 # The local stack: broker, sandbox (auto-reviewer), connector (all roles), load generator.
 # Flags go in ARGS, e.g. make run ARGS="--rate 20 --bootstrap localhost:9092".
