@@ -8,9 +8,30 @@ adds, then the producer (after the last transaction). ``close`` is safe to call 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+log = logging.getLogger(__name__)
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.stop()``, surviving aiokafka's stray ``CancelledError`` (aiokafka #647).
+
+    With the broker unreachable, a fetch task sleeps in its retry backoff; ``Fetcher.close``
+    cancels it and re-raises that task's ``CancelledError`` out of ``stop()``, which then
+    skips closing the client. That is not a cancellation of ours: close the client and go
+    on (so the producer still gets stopped). A real cancellation of this task propagates.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("Kafka consumer stop was interrupted by aiokafka; closing its client")
+        await consumer._client.close()
 
 
 class TransactionalRole:
@@ -39,7 +60,7 @@ class TransactionalRole:
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_consumer(consumer)
         for step in between:
             await step()
         if producer is not None:

@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any
 
 import orjson
@@ -160,7 +161,11 @@ class Sandbox:
         if decision is not None and not decision.allowed:
             headers = decision.headers()
             if self.options.rate_limit_retry_after:
-                headers["Retry-After"] = str(max(0, math.ceil(decision.reset - now)))
+                headers["Retry-After"] = (
+                    formatdate(decision.reset, usegmt=True)
+                    if self.options.outage_retry_after_http_date
+                    else str(max(0, math.ceil(decision.reset - now)))
+                )
             data = {
                 "usage_count": decision.used,
                 "usage_limit": decision.limit,

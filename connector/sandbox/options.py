@@ -48,7 +48,8 @@ class SandboxOptions(BaseModel):
     # Outage: every API call answers 503 for this many seconds from start (or from the PUT).
     outage_seconds: float = Field(default=0.0, ge=0)
     outage_retry_after: int = Field(default=5, ge=0)
-    # Send Retry-After as an HTTP-date instead of delta-seconds.
+    # Send Retry-After as an HTTP-date instead of delta-seconds (on 503s, and on 429s when
+    # rate_limit_retry_after is set).
     outage_retry_after_http_date: bool = False
     # Reject rule: a create whose request_text contains the marker gets 400 reject_msg.
     reject_marker: str | None = None
