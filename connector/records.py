@@ -7,6 +7,7 @@ formatting. Does not own: parsing input events (``submitter.events``) or Kafka I
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -50,14 +51,34 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
+_second_cache: list[Any] = [None, ""]  # [epoch second, its "YYYY-MM-DDTHH:MM:SS"]
+
+
+def _iso(second: int, micros: int) -> str:
+    """``datetime.isoformat`` of a UTC instant with ``Z``; the date part is cached per second
+    (the submit path formats two timestamps per event, nearly all in the same second)."""
+    if _second_cache[0] != second:
+        text = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+        _second_cache[0], _second_cache[1] = second, text
+    prefix: str = _second_cache[1]
+    return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
+
+
 def iso_from_ms(timestamp_ms: int | None) -> str | None:
     if timestamp_ms is None or timestamp_ms < 0:
         return None
-    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    second, millis = divmod(timestamp_ms, 1000)
+    return _iso(second, millis * 1000)
 
 
 def iso_now(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
+    frac, whole = math.modf(now)  # rounded as datetime.fromtimestamp rounds
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    if now < 0:
+        return datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
+    return _iso(int(whole), micros)
 
 
 def key_to_text(key: bytes | None) -> str | None:
