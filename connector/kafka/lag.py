@@ -29,6 +29,9 @@ class LagTracker:
         if consumer is None:
             return
         for tp in assigned:
+            # A rebalance during an await below may take partitions away (highwater asserts).
+            if tp not in consumer.assignment():
+                continue
             end = consumer.highwater(tp)
             if end is None:
                 continue
