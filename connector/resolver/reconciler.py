@@ -4,9 +4,11 @@ A request is overdue when it is still in the table at ``timeout_at + grace`` (or
 configured, ``max_wait`` after submission) — its terminal webhook never came. One pass:
 
 1. collect overdue requests from the assigned table partitions (skipping any polled within
-   ``repoll_seconds``);
+   ``repoll_seconds``, and — for up to 30 s — partitions whose ``hitl.callbacks`` records
+   are not all joined yet: the missing webhook may be among them);
 2. page through the list endpoint (100 per call, newest first) until every overdue request
-   was seen or the pages are older than the oldest overdue one;
+   was seen, the pages are older than the oldest overdue one, or paging has cost as many
+   calls as GETs for the rest would (a single overdue request is never listed);
 3. single GETs for whatever the list did not show;
 
 all within ``reconcile_budget_share`` of the API budget per rate-limit window. What it
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -52,6 +54,7 @@ class ReconcileResult:
     still_pending: int = 0
     not_found: int = 0
     budget_exhausted: bool = False
+    deferred_partitions: int = 0
 
 
 def _epoch(text: str | None) -> float | None:
@@ -81,6 +84,7 @@ class Reconciler:
         self._table = table
         self._publish = publish
         self._polled: dict[str, float] = {}
+        self._lagging_since: dict[int, float] = {}
         self._window_start = 0.0
         self._window_calls = 0
         self.total_calls = 0
@@ -99,35 +103,45 @@ class Reconciler:
         self.total_calls += 1
         return True
 
-    def overdue(self, now: float) -> list[RequestEntry]:
-        r = self._s.resolver
-        out: list[RequestEntry] = []
-        for partition in self._table.partitions():
-            for entry in self._table.rows(partition):
-                if now - self._polled.get(entry.request_id, -1e18) < r.reconcile_repoll_seconds:
-                    continue
-                due: list[float] = []
-                timeout_at = _epoch(entry.timeout_at)
-                if timeout_at is not None:
-                    due.append(timeout_at + r.reconcile_grace_seconds)
-                submitted = _epoch(entry.submitted_at)
-                if r.reconcile_max_wait_seconds is not None and submitted is not None:
-                    due.append(submitted + r.reconcile_max_wait_seconds)
-                if due and now >= min(due):
-                    out.append(entry)
-        return out
+    def overdue(self, now: float, skip: Collection[int] = ()) -> list[RequestEntry]:
+        repoll = self._s.resolver.reconcile_repoll_seconds
+        polled = self._polled
+        return [
+            e for e in self._table.due(now, skip) if now - polled.get(e.request_id, -1e18) >= repoll
+        ]
+
+    async def _deferred(self) -> set[int]:
+        """Partitions whose callbacks are not all joined yet: their overdue requests may be
+        answered by a webhook already in ``hitl.callbacks``, so polling them waits — for at
+        most ``max(30 s, 3 passes)`` of continuous lag, so that a resolver which never
+        catches up does not switch the polling fallback off."""
+        probe = self._table.lag_probe
+        if probe is None:
+            return set()
+        lagging = await probe()
+        mono = time.monotonic()
+        cap = max(30.0, 3 * self._s.resolver.reconcile_interval_seconds)
+        for p in set(self._lagging_since) - lagging:
+            del self._lagging_since[p]
+        return {p for p in lagging if mono - self._lagging_since.setdefault(p, mono) < cap}
 
     async def run_once(self, now: float | None = None) -> ReconcileResult:
         now = time.time() if now is None else now
         result = ReconcileResult()
-        overdue = {e.request_id: e for e in self.overdue(now)}
+        skip = await self._deferred()
+        result.deferred_partitions = len(skip)
+        overdue = {e.request_id: e for e in self.overdue(now, skip)}
         result.overdue = len(overdue)
         if not overdue:
             return result
         oldest = min((_epoch(e.submitted_at) or now) for e in overdue.values())
         found: dict[str, NormalizedCallback] = {}
         offset = 0
-        while len(found) < len(overdue):
+        # Paging never costs more calls than single GETs of what is still missing would
+        # (one overdue request: a GET at once; a page that finds nothing, e.g. the newest
+        # page before the overdue ones, counts against that), so a pass costs at most twice
+        # the GETs, and with many overdue requests a page answers up to 100 of them.
+        while len(overdue) > 1 and result.list_calls < len(overdue) - len(found):
             if not self._take_call(time.monotonic()):
                 result.budget_exhausted = True
                 break
@@ -186,12 +200,14 @@ class Reconciler:
                 self._m.reconciler_recovered.inc(result.found_terminal)
         if result.overdue:
             log.info(
-                "reconcile: overdue=%d list_calls=%d get_calls=%d terminal=%d pending=%d",
+                "reconcile: overdue=%d list_calls=%d get_calls=%d terminal=%d pending=%d "
+                "deferred_partitions=%d",
                 result.overdue,
                 result.list_calls,
                 result.get_calls,
                 result.found_terminal,
                 result.still_pending,
+                result.deferred_partitions,
             )
         return result
 

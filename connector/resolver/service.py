@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from connector.config import Settings
 from connector.kafka.checkpoint import Checkpoint, CheckpointError
@@ -54,6 +55,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._owner.table.assign(tp.partition for tp in self._owner.consumer.assignment())
+        self._owner.joined = True
 
 
 class Resolver(TransactionalRole):
@@ -72,6 +74,8 @@ class Resolver(TransactionalRole):
         self._failures = 0
         self._committed: dict[TopicPartition, int] = {}
         self.batches = 0
+        self.joined = False  # the group assigned partitions at least once
+        self.table.lag_probe = self.lagging_partitions
 
     @property
     def group_id(self) -> str:
@@ -79,8 +83,8 @@ class Resolver(TransactionalRole):
 
     def ready(self) -> bool:
         consumer = self._consumer
-        if consumer is None:
-            return False
+        if consumer is None or not self.joined:
+            return False  # before the first assignment the table is not known to be restored
         return all(self.table.ready(tp.partition) for tp in consumer.assignment())
 
     async def start(self) -> None:
@@ -101,6 +105,27 @@ class Resolver(TransactionalRole):
     async def stop(self) -> None:
         """Consumer, then the table, then the producer; safe to call twice."""
         await self._close(self.table.stop)
+
+    async def lagging_partitions(self) -> set[int]:
+        """Partitions with callbacks fetched position < end: records not joined yet, among
+        them perhaps the webhook of a request the reconciler is about to poll."""
+        consumer = self._consumer
+        if consumer is None:
+            return set()
+        out: set[int] = set()
+        for tp in consumer.assignment():
+            end = consumer.last_stable_offset(tp)
+            if end is None:
+                end = consumer.highwater(tp)
+            if end is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except (KafkaError, IllegalStateError):
+                continue
+            if position < end:
+                out.add(tp.partition)
+        return out
 
     def forget(self, tp: TopicPartition) -> None:
         self.waiting.pop(tp, None)

@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import struct
+from binascii import a2b_base64
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -25,11 +28,37 @@ from aiokafka.errors import KafkaError
 
 from connector.config import Settings
 from connector.kafka.clients import make_consumer
-from connector.records import RequestEntry
+from connector.records import RequestEntry, SourceRef
 
 log = logging.getLogger(__name__)
 
 RESOLVED_MEMORY = 500_000
+
+# A row is one packed ``bytes`` object, not a RequestEntry (with its SourceRef, options list,
+# a dozen str/int objects and per-row copies of the loop id, topic and response type): about
+# a third of the memory. Layout: a fixed head (due time, source offset/timestamp/partition,
+# indexes into the table's list of shared values for loop id, topic, response type, options
+# and default response, flags, and the lengths of the variable fields) followed by event id,
+# key, timeout_at, submitted_at and traceparent as UTF-8. The request id is the dict key.
+# ``get`` unpacks a RequestEntry on demand; the due time is read straight from the head.
+_HEAD: Final = struct.Struct("<dqqiHHHHHBIIIII")
+_DUE_AT: Final = struct.Struct("<d").unpack_from
+_F_TOKEN, _F_NO_TS, _F_NO_KEY, _F_NO_TIMEOUT, _F_NO_TRACE = 1, 2, 4, 8, 16
+_MAX_SHARED: Final = 65_535
+_INF: Final = math.inf
+_UTF8: Final = "utf-8"
+_SP: Final = "surrogatepass"
+Row = bytes
+
+
+def epoch(text: str | None) -> float | None:
+    """Epoch seconds of an ISO-8601 timestamp (``Z`` allowed); None when absent/unreadable."""
+    if not text or not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 class RequestTable:
@@ -38,7 +67,13 @@ class RequestTable:
     def __init__(self, settings: Settings) -> None:
         self._s = settings
         self._topic = settings.topics.requests
-        self._rows: dict[int, dict[str, RequestEntry]] = {}
+        # partition → request_id → Row (RequestEntry values are accepted too: a test seam)
+        self._rows: dict[int, dict[str, Row | RequestEntry]] = {}
+        self._values: list[Any] = []  # shared values, referenced by index from rows
+        self._value_index: dict[Any, int] = {}
+        self._static_index: dict[Any, tuple[int, int, int, int, int]] = {}
+        # No row is due before this (rows read since the last scan lower it); -inf: unknown.
+        self._next_due = -_INF
         self._resolved: OrderedDict[str, None] = OrderedDict()
         self._targets: dict[int, int] = {}
         self._ready: set[int] = set()
@@ -47,6 +82,8 @@ class RequestTable:
         self._changed = asyncio.Event()
         self._assign_lock = asyncio.Lock()
         self.bad_rows = 0
+        # Set by the resolver: partitions whose callbacks are not all joined yet.
+        self.lag_probe: Callable[[], Awaitable[set[int]]] | None = None
 
     async def start(self) -> None:
         self._consumer = make_consumer(self._s.kafka, role="resolver-table", group_id=None)
@@ -115,7 +152,8 @@ class RequestTable:
         return True
 
     def get(self, partition: int, request_id: str) -> RequestEntry | None:
-        return self._rows.get(partition, {}).get(request_id)
+        row = self._rows.get(partition, {}).get(request_id)
+        return None if row is None else self._entry(request_id, row)
 
     def was_resolved(self, request_id: str) -> bool:
         return request_id in self._resolved
@@ -126,21 +164,49 @@ class RequestTable:
         self._remember(request_id)
 
     def rows(self, partition: int) -> Iterator[RequestEntry]:
-        return iter(list(self._rows.get(partition, {}).values()))
+        items = list(self._rows.get(partition, {}).items())
+        return iter([self._entry(rid, row) for rid, row in items])
+
+    def due(self, now: float, skip: Collection[int] = ()) -> list[RequestEntry]:
+        """Rows overdue at ``now``: still here at ``timeout_at + reconcile_grace_seconds`` or
+        (when set) ``reconcile_max_wait_seconds`` after submission.
+
+        Each row's due time is computed once, when it is read, and kept in its head; the
+        earliest due time of the table is tracked, so a pass before it costs nothing, and
+        otherwise this is one scan of floats (no timestamps parsed)."""
+        if now < self._next_due:
+            return []
+        hits: list[tuple[str, Row | RequestEntry]] = []
+        next_due = now if skip else _INF  # skipped rows may be due: look again next time
+        for partition, rows in list(self._rows.items()):
+            if partition in skip:
+                continue
+            for rid, row in rows.items():
+                due = _DUE_AT(row)[0] if isinstance(row, bytes) else self._due_of(row)
+                if due <= now:
+                    hits.append((rid, row))
+                elif due < next_due:
+                    next_due = due
+        self._next_due = min(next_due, _INF if not hits else now)
+        return [self._entry(rid, row) for rid, row in hits]
 
     def oldest_submitted(self) -> float | None:
-        """Epoch seconds of the oldest pending request's submission (None when empty)."""
-        oldest: str | None = None
+        """Epoch seconds of the oldest pending request's submission (None when empty).
+
+        Rows are kept in the order they were written (per partition), which is the order of
+        submission, so the oldest is the first row of some partition: O(partitions), not
+        O(rows). (Deleting rows leaves holes at the front of a dict that iteration skips;
+        they are reclaimed when the dict grows again, so the cost stays amortised.)
+        """
+        oldest: float | None = None
         for rows in self._rows.values():
-            for entry in rows.values():
-                if oldest is None or entry.submitted_at < oldest:
-                    oldest = entry.submitted_at
-        if oldest is None:
-            return None
-        try:
-            return datetime.fromisoformat(oldest.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
+            first = next(iter(rows.values()), None)
+            if first is None:
+                continue
+            ts = epoch(self._entry("", first).submitted_at)
+            if ts is not None and (oldest is None or ts < oldest):
+                oldest = ts
+        return oldest
 
     def size(self) -> int:
         return sum(len(r) for r in self._rows.values())
@@ -154,23 +220,165 @@ class RequestTable:
         while len(self._resolved) > RESOLVED_MEMORY:
             self._resolved.popitem(last=False)
 
-    def _apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
-        rows = self._rows.get(partition)
-        if rows is None or key is None:
-            return
-        request_id = key.decode("utf-8", "replace")
-        if value is None:
-            rows.pop(request_id, None)
-            self._remember(request_id)
-            return
-        if request_id in self._resolved:
-            return
+    def _due_of(self, entry: RequestEntry) -> float:
+        r = self._s.resolver
+        due = _INF
+        timeout_at = epoch(entry.timeout_at)
+        if timeout_at is not None:
+            due = timeout_at + r.reconcile_grace_seconds
+        submitted = epoch(entry.submitted_at)
+        if r.reconcile_max_wait_seconds is not None and submitted is not None:
+            due = min(due, submitted + r.reconcile_max_wait_seconds)
+        return due
+
+    def _share(self, field: str, value: Any) -> int:
+        """The index of ``value`` in the shared values (added when new). Keyed by type as
+        well (``1``, ``1.0`` and ``True`` are equal in Python, not in JSON); unhashable values
+        (options, a structured default) by their JSON."""
         try:
-            data: Any = orjson.loads(value)
-            rows[request_id] = RequestEntry.from_json(data)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            self.bad_rows += 1
-            log.warning("skipping unreadable hitl.requests row for %s", request_id)
+            lookup: Any = (field, type(value), value)
+            index = self._value_index.get(lookup)
+        except TypeError:
+            lookup = (field, orjson.dumps(value))
+            index = self._value_index.get(lookup)
+        if index is None:
+            index = self._add_value(value)
+            self._value_index[lookup] = index
+        return index
+
+    def _statics(self, data: Any, src: Any) -> tuple[int, int, int, int, int]:
+        """Shared-value indexes of loop id, topic, response type, options and default
+        response — the same for nearly every row, so looked up once per distinct set."""
+        loop_id, topic = str(data["loop_id"]), str(src["topic"])
+        response_type = str(data["response_type"])
+        options = list(data.get("options") or [])
+        default = data.get("default_response")
+        lookup = (loop_id, topic, response_type, orjson.dumps(options), orjson.dumps(default))
+        found = self._static_index.get(lookup)
+        if found is None:
+            share = self._share
+            found = (
+                share("loop", loop_id),
+                share("topic", topic),
+                share("type", response_type),
+                share("options", options),
+                share("default", default),
+            )
+            if len(self._static_index) < _MAX_SHARED:
+                self._static_index[lookup] = found
+        return found
+
+    def _add_value(self, value: Any) -> int:
+        if len(self._values) >= _MAX_SHARED:
+            raise OverflowError("too many distinct shared values")
+        self._values.append(value)
+        return len(self._values) - 1
+
+    def _decode(self, request_id: str, value: bytes) -> Row | RequestEntry:
+        """A row from a ``hitl.requests`` value, validated as ``RequestEntry.from_json``."""
+        data: Any = orjson.loads(value)
+        if str(data["request_id"]) != request_id:  # never written so; keep it exact anyway
+            return RequestEntry.from_json(data)
+        src = data["source"]
+        ts = src.get("timestamp_ms")
+        key_text = data.get("key")
+        key = None if key_text is None else a2b_base64(key_text)  # = key_from_text
+        timeout_at = data.get("timeout_at")
+        submitted_at = str(data["submitted_at"])
+        traceparent = data.get("traceparent")
+        event_id = str(data["event_id"]).encode(_UTF8, _SP)
+        r = self._s.resolver
+        due = _INF
+        timeout_epoch = epoch(timeout_at)
+        if timeout_epoch is not None:
+            due = timeout_epoch + r.reconcile_grace_seconds
+        if r.reconcile_max_wait_seconds is not None:
+            submitted = epoch(submitted_at)
+            if submitted is not None:
+                due = min(due, submitted + r.reconcile_max_wait_seconds)
+        flags = (
+            (_F_TOKEN if data.get("callback_token", False) else 0)
+            | (_F_NO_TS if ts is None else 0)
+            | (_F_NO_KEY if key is None else 0)
+            | (_F_NO_TIMEOUT if timeout_at is None else 0)
+            | (_F_NO_TRACE if traceparent is None else 0)
+        )
+        timeout_b = b"" if timeout_at is None else str(timeout_at).encode(_UTF8, _SP)
+        submitted_b = submitted_at.encode(_UTF8, _SP)
+        trace_b = b"" if traceparent is None else str(traceparent).encode(_UTF8, _SP)
+        key_b = key or b""
+        try:
+            head = _HEAD.pack(
+                due,
+                int(src["offset"]),
+                0 if ts is None else int(ts),
+                int(src["partition"]),
+                *self._statics(data, src),
+                flags,
+                len(event_id),
+                len(key_b),
+                len(timeout_b),
+                len(submitted_b),
+                len(trace_b),
+            )
+        except (struct.error, OverflowError):  # out-of-range numbers, too many loops: rare
+            return RequestEntry.from_json(data)
+        if due < self._next_due:
+            self._next_due = due
+        return b"".join((head, event_id, key_b, timeout_b, submitted_b, trace_b))
+
+    def _entry(self, request_id: str, row: Row | RequestEntry) -> RequestEntry:
+        if not isinstance(row, bytes):
+            return row
+        (_, offset, ts, partition, loop, topic, rtype, options, default, flags, *lengths) = (
+            _HEAD.unpack_from(row)
+        )
+        fields: list[bytes] = []
+        pos = _HEAD.size
+        for n in lengths:
+            fields.append(row[pos : pos + n])
+            pos += n
+        event_id, key, timeout_at, submitted_at, traceparent = fields
+        values = self._values
+        return RequestEntry(
+            request_id=request_id,
+            event_id=event_id.decode(_UTF8, _SP),
+            key=None if flags & _F_NO_KEY else key,
+            loop_id=values[loop],
+            source=SourceRef(values[topic], partition, offset, None if flags & _F_NO_TS else ts),
+            response_type=values[rtype],
+            options=values[options],
+            default_response=values[default],
+            timeout_at=None if flags & _F_NO_TIMEOUT else timeout_at.decode(_UTF8, _SP),
+            submitted_at=submitted_at.decode(_UTF8, _SP),
+            traceparent=None if flags & _F_NO_TRACE else traceparent.decode(_UTF8, _SP),
+            callback_token=bool(flags & _F_TOKEN),
+        )
+
+    def _apply_batch(self, partition: int, records: Iterable[Any]) -> None:
+        """Apply fetched records of one partition in order (no awaits, no per-record calls
+        beyond decoding)."""
+        rows = self._rows.get(partition)
+        if rows is None:
+            return
+        resolved = self._resolved
+        for record in records:
+            key = record.key
+            if key is None:
+                continue
+            request_id = key.decode("utf-8", "replace")
+            value = record.value
+            if value is None:
+                rows.pop(request_id, None)
+                self._remember(request_id)
+                continue
+            if request_id in resolved:
+                continue
+            try:
+                rows[request_id] = self._decode(request_id, value)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                self.bad_rows += 1
+                log.warning("skipping unreadable hitl.requests row for %s", request_id)
 
     async def _run(self) -> None:
         consumer = self._consumer
@@ -187,8 +395,7 @@ class RequestTable:
                 continue
             async with self._assign_lock:
                 for tp, records in batch.items():
-                    for record in records:
-                        self._apply(tp.partition, record.key, record.value)
+                    self._apply_batch(tp.partition, records)
                 newly_ready = False
                 for p, target in list(self._targets.items()):
                     if p in self._ready:
