@@ -5,7 +5,10 @@ Owns: finding the Kafka jars (``deploy/kafka/lib`` resolved with Maven from
 Java >= 17, writing ``server.properties`` for one combined KRaft broker/controller, formatting
 the storage once, running the JVM with a capped heap, waiting until the broker answers a
 metadata request, stopping it (SIGTERM, then SIGKILL after a deadline), and the faults chaos
-tests inject (``kill``/``pause``/``resume``, restart on the same data dir).
+tests inject (``kill``/``pause``/``resume``, restart on the same data dir). Optionally more
+listeners (``ExtraListener``: SSL, SASL_SSL, ... with an advertised port that may differ from
+the bound one, so a TCP proxy can sit in front) and SCRAM users created when the storage is
+formatted (``ScramUser``); TLS key material comes in as PEM files via ``extra_properties``.
 
 Not owned here: topics and client settings (``connector.kafka``), production clusters.
 The Kafka version is pinned in ``deploy/kafka/pom.xml`` only.
@@ -33,8 +36,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -87,6 +90,53 @@ _BASE_PROPERTIES: dict[str, str] = {
 
 class DevKafkaError(KafkaSetupError):
     """The development broker cannot be installed, started or stopped; the message says why."""
+
+
+ListenerProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+ScramMechanism = Literal["SCRAM-SHA-256", "SCRAM-SHA-512"]
+_RESERVED_LISTENERS = frozenset({"PLAINTEXT", "CONTROLLER"})
+
+
+@dataclass
+class ExtraListener:
+    """One more broker listener besides ``PLAINTEXT`` (clients) and ``CONTROLLER``.
+
+    ``port=0`` picks a free port at the first start. ``advertised_port``: ``None`` advertises
+    the bound port; ``0`` picks a different free port to advertise (a TCP proxy listens there
+    and forwards to the bound port); any other value is advertised as given. Chosen ports are
+    kept across restarts. For ``SSL``/``SASL_SSL`` the broker needs ``ssl.keystore.*`` in
+    ``extra_properties``; for ``SASL_*`` DevKafka enables SCRAM (see ``ScramUser``).
+    """
+
+    name: str
+    protocol: ListenerProtocol
+    port: int = 0
+    advertised_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", self.name):
+            raise DevKafkaError(f"listener name {self.name!r}: use A-Z, 0-9 and _ only")
+        if self.name in _RESERVED_LISTENERS:
+            raise DevKafkaError(f"listener name {self.name} is taken by DevKafka itself")
+
+
+@dataclass(frozen=True)
+class ScramUser:
+    """A SCRAM credential written into the cluster metadata when the storage is formatted
+    (``kafka-storage format --add-scram``); a data dir formatted earlier keeps its users."""
+
+    name: str
+    password: str = field(repr=False)
+    mechanism: ScramMechanism = "SCRAM-SHA-256"
+
+    def __post_init__(self) -> None:
+        # The format tool parses "name=...,password=..." inside [...]: keep values plain.
+        for value in (self.name, self.password):
+            if not value or any(c in value for c in ',[]="'):
+                raise DevKafkaError('SCRAM user names and passwords must not contain ,[]="')
+
+    def format_argument(self) -> str:
+        return f"{self.mechanism}=[name={self.name},password={self.password}]"
 
 
 @dataclass(frozen=True)
@@ -280,6 +330,8 @@ class DevKafka:
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         extra_properties: Mapping[str, str] | None = None,
         distribution: KafkaDistribution | None = None,
+        extra_listeners: Sequence[ExtraListener] = (),
+        scram_users: Sequence[ScramUser] = (),
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
@@ -289,6 +341,14 @@ class DevKafka:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.extra_properties = dict(extra_properties or {})
+        # Copies: the chosen ports are written into them at the first start.
+        self.extra_listeners = [
+            ExtraListener(x.name, x.protocol, x.port, x.advertised_port) for x in extra_listeners
+        ]
+        names = [x.name for x in self.extra_listeners]
+        if len(set(names)) != len(names):
+            raise DevKafkaError(f"listener names must be unique, got {', '.join(names)}")
+        self.scram_users = list(scram_users)
         self._distribution = distribution
         self._java: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -296,6 +356,27 @@ class DevKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def listener(self, name: str) -> ExtraListener:
+        """The extra listener ``name`` (its ports are set once the broker was started)."""
+        for listener in self.extra_listeners:
+            if listener.name == name:
+                return listener
+        raise DevKafkaError(f"no listener {name!r}; have {[x.name for x in self.extra_listeners]}")
+
+    def listener_address(self, name: str) -> str:
+        """``host:port`` clients bootstrap from for listener ``name`` (the advertised port)."""
+        listener = self.listener(name)
+        if not listener.port:
+            raise DevKafkaError(f"listener {name} has no port yet: start() the broker first")
+        return f"{self.host}:{listener.advertised_port or listener.port}"
+
+    def listener_bound_address(self, name: str) -> str:
+        """``host:port`` the broker itself listens on for listener ``name``."""
+        listener = self.listener(name)
+        if not listener.port:
+            raise DevKafkaError(f"listener {name} has no port yet: start() the broker first")
+        return f"{self.host}:{listener.port}"
 
     @property
     def log_path(self) -> Path:
@@ -397,31 +478,60 @@ class DevKafka:
         if self._distribution is None:
             self._distribution = resolve_distribution()
         self._java = self._java or find_java()
-        self.port = self.port or free_port(self.host)
-        self.controller_port = self.controller_port or free_port(self.host)
+        self._choose_ports()
         (self.data_dir / "kraft").mkdir(parents=True, exist_ok=True)
         self._properties_path().write_text(self._render_properties())
         if not (self.data_dir / "kraft" / "meta.properties").is_file():
             self._format()
+
+    def _choose_ports(self) -> None:
+        """Free ports for every port still 0; chosen once, kept across restarts."""
+        self.port = self.port or free_port(self.host)
+        self.controller_port = self.controller_port or free_port(self.host)
+        for listener in self.extra_listeners:
+            listener.port = listener.port or free_port(self.host)
+            if listener.advertised_port == 0:
+                listener.advertised_port = free_port(self.host)
 
     def _properties_path(self) -> Path:
         return self.data_dir / "server.properties"
 
     def _render_properties(self) -> str:
         props = dict(_BASE_PROPERTIES)
+        extra = self.extra_listeners
+        listeners = [f"PLAINTEXT://{self.host}:{self.port}"]
+        listeners += [f"{x.name}://{self.host}:{x.port}" for x in extra]
+        advertised = [f"PLAINTEXT://{self.host}:{self.port}"]
+        advertised += [f"{x.name}://{self.host}:{x.advertised_port or x.port}" for x in extra]
+        protocol_map = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        protocol_map += [f"{x.name}:{x.protocol}" for x in extra]
         props |= {
             # Static quorum: the controller port may change between restarts of the data dir.
             "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
-            "listeners": (
-                f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:"
-                f"{self.controller_port}"
-            ),
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "listeners": ",".join([*listeners, f"CONTROLLER://{self.host}:{self.controller_port}"]),
+            "advertised.listeners": ",".join(advertised),
+            "listener.security.protocol.map": ",".join(protocol_map),
             "log.dirs": str(self.data_dir / "kraft"),
         }
+        props |= self._sasl_properties()
         props |= self.extra_properties
         lines = ["# Written by connector/devkafka.py on every start; edits are overwritten."]
         return "\n".join([*lines, *(f"{k}={v}" for k, v in props.items())]) + "\n"
+
+    def _sasl_properties(self) -> dict[str, str]:
+        """SCRAM on every SASL listener, for the mechanisms of ``scram_users`` (default
+        SCRAM-SHA-256); ``extra_properties`` may override any of it."""
+        sasl = [x for x in self.extra_listeners if x.protocol.startswith("SASL_")]
+        if not sasl:
+            return {}
+        mechanisms = sorted({u.mechanism for u in self.scram_users} or {"SCRAM-SHA-256"})
+        module = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        props = {"sasl.enabled.mechanisms": ",".join(mechanisms)}
+        for listener in sasl:
+            for mechanism in mechanisms:
+                key = f"listener.name.{listener.name.lower()}.{mechanism.lower()}.sasl.jaas.config"
+                props[key] = module
+        return props
 
     def _java_command(self, main_class: str, *args: str, heap: str | None = None) -> list[str]:
         dist = self._distribution
@@ -437,13 +547,16 @@ class DevKafka:
         cmd = self._java_command(
             "kafka.tools.StorageTool",
             *("format", "-t", new_cluster_id(), "-c", str(self._properties_path())),
+            *(arg for user in self.scram_users for arg in ("--add-scram", user.format_argument())),
             heap="256m",
         )
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         if done.returncode != 0:
+            output = (done.stdout + done.stderr)[-3000:]
+            for user in self.scram_users:  # never echo a password into logs
+                output = output.replace(user.password, "***")
             raise DevKafkaError(
-                f"formatting {self.data_dir / 'kraft'} failed (exit {done.returncode}):\n"
-                f"{(done.stdout + done.stderr)[-3000:]}"
+                f"formatting {self.data_dir / 'kraft'} failed (exit {done.returncode}):\n{output}"
             )
 
     def _spawn(self) -> None:

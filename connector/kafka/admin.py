@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from connector.config import Settings
 from connector.errors import KafkaSetupError
-from connector.kafka.clients import make_admin
+from connector.kafka.clients import explain_connect_failure, make_admin
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,11 @@ async def ensure_topics(settings: Settings, *, create: bool) -> list[str]:
     try:
         await admin.start()
     except (KafkaError, OSError) as exc:
+        # aiokafka says only "Unable to bootstrap"; probe once more to name the cause.
+        reason = await explain_connect_failure(settings.kafka)
         raise KafkaSetupError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}; "
-            "check kafka.bootstrap_servers and the security settings"
+            f"cannot connect to Kafka at {settings.kafka.bootstrap_servers}: "
+            f"{reason or exc}; check kafka.bootstrap_servers and the security settings"
         ) from exc
     created: list[str] = []
     try:

@@ -1,30 +1,58 @@
 """Building aiokafka clients with the connector's safe defaults (design §9).
 
-Owns: connection and security settings, and the defaults that aiokafka gets wrong for us
-(idempotence, no auto-commit, earliest, read_committed). Does not own committing
-(``kafka.checkpoint``) or topic management (``kafka.admin``).
+Owns: connection and security settings (TLS, mTLS, SASL), the defaults that aiokafka gets
+wrong for us (idempotence, no auto-commit, earliest, read_committed), and explaining why a
+connection fails (``explain_connect_failure``: aiokafka itself only says "Unable to
+bootstrap"). Does not own committing (``kafka.checkpoint``) or topic management
+(``kafka.admin``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
+from aiokafka.protocol.metadata import MetadataRequest
 
 from connector.config import KafkaSettings
+from connector.errors import ConfigError
 
 
 def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+    """The TLS context for SSL/SASL_SSL (None otherwise); unreadable PEM files are a
+    ``ConfigError`` naming the setting."""
     if kafka.security_protocol not in ("SSL", "SASL_SSL"):
         return None
-    ctx = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+    try:
+        ctx = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"kafka.ssl_cafile={kafka.ssl_cafile}: cannot load the CA certificates ({exc})"
+        ) from None
     ctx.check_hostname = kafka.ssl_check_hostname
     if kafka.ssl_certfile:
-        ctx.load_cert_chain(
-            str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None
-        )
+        try:
+            ctx.load_cert_chain(
+                str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"kafka.ssl_certfile={kafka.ssl_certfile} / kafka.ssl_keyfile="
+                f"{kafka.ssl_keyfile}: cannot load the client certificate and key ({exc})"
+            ) from None
+    elif kafka.ssl_keyfile:
+        raise ConfigError("kafka.ssl_keyfile is set without kafka.ssl_certfile")
     return ctx
 
 
@@ -45,6 +73,111 @@ def connection_kwargs(kafka: KafkaSettings, *, role: str) -> dict[str, Any]:
         assert kafka.sasl_password is not None  # checked by KafkaSettings
         kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
     return kwargs
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    if not host or not port.isdigit():
+        return address.strip().strip("[]"), 9092
+    return host.strip("[]"), int(port)
+
+
+def _explain(kafka: KafkaSettings, address: str, exc: BaseException) -> str:
+    """One sentence naming what failed on ``address``; never contains the password."""
+    proto = kafka.security_protocol
+    if isinstance(exc, SaslAuthenticationFailed):
+        return (
+            f"authentication failed for user {kafka.sasl_username!r} via "
+            f"{kafka.sasl_mechanism} on bootstrap {address}: the broker rejected the "
+            "credentials (check kafka.sasl_username and the password in kafka.sasl_password, "
+            "and that the user exists for this SASL mechanism)"
+        )
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return (
+            f"SASL mechanism {kafka.sasl_mechanism} is not enabled on bootstrap {address}; "
+            "set kafka.sasl_mechanism to one the listener offers (the broker's "
+            "sasl.enabled.mechanisms)"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        cafile = str(kafka.ssl_cafile) if kafka.ssl_cafile else "the system CA store"
+        reason = exc.verify_message or exc.reason or str(exc)
+        hint = (
+            "the certificate does not name this host: bootstrap with a name it lists, or set "
+            "kafka.ssl_check_hostname=false"
+            if "hostname" in str(reason).lower() or "ip address mismatch" in str(reason).lower()
+            else f"the broker's certificate is not signed by a CA in {cafile} (kafka.ssl_cafile)"
+        )
+        return f"TLS verification of the broker certificate failed on {address} ({reason}): {hint}"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        hint = ""
+        if "certificate required" in str(reason).lower() or "certificate" in str(exc).lower():
+            hint = (
+                "; the listener may require a client certificate (kafka.ssl_certfile and "
+                "kafka.ssl_keyfile) that its CA trusts"
+            )
+        return f"TLS handshake with {address} failed ({reason}){hint}"
+    if isinstance(exc, IllegalSaslStateError):
+        return (
+            f"{address} does not speak SASL (security_protocol={proto}): the listener is "
+            "probably SSL or PLAINTEXT; check kafka.security_protocol and the port"
+        )
+    if isinstance(exc, KafkaConnectionError) and "closed" in str(exc).lower():
+        hint = (
+            "the listener may require a client certificate (kafka.ssl_certfile and "
+            "kafka.ssl_keyfile), or expect a different security_protocol"
+            if proto == "SSL"
+            else "the listener may expect TLS or another security_protocol"
+            if proto == "SASL_SSL"
+            else "the listener may expect TLS or SASL: check kafka.security_protocol"
+        )
+        return f"{address} closed the connection during set-up (security_protocol={proto}): {hint}"
+    if isinstance(exc, TimeoutError):
+        return (
+            f"no answer from {address} within {kafka.request_timeout_ms} ms "
+            f"(security_protocol={proto}); is this the right listener for that protocol?"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return f"cannot connect to {address}: connection refused (nothing listens there)"
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        hint = ""
+        if proto in ("SSL", "SASL_SSL"):
+            hint = " (a TLS client on a listener without TLS looks like this)"
+        return f"cannot connect to {address}: {reason}{hint}"
+    return f"cannot set up a connection to {address}: {exc}"
+
+
+async def explain_connect_failure(kafka: KafkaSettings) -> str | None:
+    """Connect once to every bootstrap server exactly as the clients do (TLS, SASL) and say
+    why it fails, one line per failing server; ``None`` when every server answers.
+
+    aiokafka only reports "Unable to bootstrap"; this names the cause (wrong password,
+    untrusted certificate, missing client certificate, refused port) without the password.
+    """
+    addresses = [a.strip() for a in kafka.bootstrap_servers.split(",") if a.strip()]
+    kwargs = connection_kwargs(kafka, role="diagnose")
+    kwargs.pop("bootstrap_servers")
+    timeout = kafka.request_timeout_ms / 1000 + 1
+
+    async def probe(address: str) -> str | None:
+        host, port = _split_host_port(address)
+        try:
+            conn = await asyncio.wait_for(create_conn(host, port, **kwargs), timeout)
+            try:  # what bootstrap asks next; a listener may refuse it (SASL never done)
+                await asyncio.wait_for(conn.send(MetadataRequest([])), timeout)
+            finally:
+                conn.close()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            message = _explain(kafka, address, exc)
+        else:
+            return None
+        if kafka.sasl_password is not None:  # belt and braces: never echo the secret
+            message = message.replace(kafka.sasl_password.get_secret_value(), "***")
+        return message
+
+    problems = [p for p in await asyncio.gather(*map(probe, addresses)) if p]
+    return "; ".join(problems) or None
 
 
 def make_consumer(
