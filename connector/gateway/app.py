@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import orjson
 
 from connector.hitl.payloads import Ignored, MalformedPayload, normalize_webhook
-from connector.hitl.signing import SignatureCheck, decide, verify_signature
+from connector.hitl.signing import SIGNATURE_HEADERS, SignatureCheck, decide, verify_signature
 from connector.hitl.tokens import read_callback_token
 from connector.metrics import Metrics
 
@@ -61,11 +61,15 @@ class GatewayStats:
     metrics: Metrics | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     ack_seconds: list[float] = field(default_factory=list)
+    _children: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         if self.metrics is not None:
-            self.metrics.webhooks_received.labels(outcome).inc()
+            child = self._children.get(outcome)
+            if child is None:  # the label lookup once per outcome, not per webhook
+                child = self._children[outcome] = self.metrics.webhooks_received.labels(outcome)
+            child.inc()
 
     def acked(self, seconds: float) -> None:
         self.ack_seconds.append(seconds)
@@ -83,6 +87,14 @@ class GatewayConfig:
     max_body_bytes: int = 1024 * 1024
 
 
+_SIGNATURE_HEADERS = frozenset(name.encode() for name in SIGNATURE_HEADERS)
+_ACCEPTED = b'{"status":"accepted"}'
+_ACCEPTED_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_ACCEPTED)).encode()),
+]
+
+
 def _json_body(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
     return status, orjson.dumps(body)
 
@@ -90,9 +102,15 @@ def _json_body(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
 async def _respond(
     send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers.extend(extra)
+    if body is _ACCEPTED and not extra:
+        headers = _ACCEPTED_HEADERS
+    else:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if extra:
+            headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -165,18 +183,25 @@ class GatewayApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+    async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes | None:
         """The raw body, or None when it exceeds the limit (checked before and while reading)."""
         limit = self.config.max_body_bytes
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    if int(value) > limit:
-                        return None
-                except ValueError:
+        if content_length is not None:
+            try:
+                if int(content_length) > limit:
                     return None
-        chunks: list[bytes] = []
-        size = 0
+            except ValueError:
+                return None
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            return None
+        if not message.get("more_body", False):
+            return body  # the usual case: the whole body in one message
+        chunks = [body]
+        size = len(body)
         while True:
             message = await receive()
             if message["type"] != "http.request":
@@ -193,10 +218,20 @@ class GatewayApp:
     async def _webhook(
         self, scope: Scope, receive: Receive, path: str
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]] | None]:
-        headers: dict[str, str] = {}
+        # One pass over the raw headers (the server gives lowercase names), keeping only what
+        # is used: the signature headers, content type and length (the last one of each wins).
+        signature_headers: dict[str, str] = {}
+        raw_ctype = b"application/json"
+        content_length: bytes | None = None
         for raw_name, raw_value in scope.get("headers", ()):
-            headers[raw_name.decode("latin-1").lower()] = raw_value.decode("latin-1")
-        ctype = headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
+            name = raw_name.lower()
+            if name == b"content-type":
+                raw_ctype = raw_value
+            elif name == b"content-length":
+                content_length = raw_value
+            elif name in _SIGNATURE_HEADERS:
+                signature_headers[name.decode("latin-1")] = raw_value.decode("latin-1")
+        ctype = raw_ctype.decode("latin-1").split(";", 1)[0].strip().lower()
         if ctype != "application/json" and not ctype.endswith("+json"):
             self.stats.count("unsupported_media_type")
             return (*_json_body(415, {"error": "content-type must be application/json"}), None)
@@ -208,11 +243,11 @@ class GatewayApp:
             if token_event_id is None:
                 self.stats.count("bad_token")
                 return (*_json_body(401, {"error": "invalid callback token"}), None)
-        body = await self._read_body(scope, receive)
+        body = await self._read_body(receive, content_length)
         if body is None:
             self.stats.count("too_large")
             return (*_json_body(413, {"error": "body too large"}), None)
-        check = verify_signature(body, headers, self.config.secrets)
+        check = verify_signature(body, signature_headers, self.config.secrets)
         accepted = decide(check, self.config.signature_mode)  # type: ignore[arg-type]
         if token_event_id is not None and check is SignatureCheck.MISSING:
             # HITL.sh does not sign callback_url deliveries; their URL token authenticates them.
@@ -245,4 +280,4 @@ class GatewayApp:
             retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
             return (*_json_body(503, {"error": "temporarily unavailable"}), retry)
         self.stats.count("accepted")
-        return (*_json_body(200, {"status": "accepted"}), None)
+        return 200, _ACCEPTED, None

@@ -218,8 +218,12 @@ def _reviewer_from(sources: list[Any]) -> dict[str, Any] | None:
     (a different id or email than already known), so two people are never mixed."""
     reviewer: dict[str, Any] = {}
     for source in sources:
+        if source is None:
+            continue
         person = _person(source)
-        if any(k in reviewer and reviewer[k] != person[k] for k in ("id", "email") if k in person):
+        if reviewer and any(
+            k in reviewer and reviewer[k] != person[k] for k in ("id", "email") if k in person
+        ):
             continue
         for key, value in person.items():
             reviewer.setdefault(key, value)

@@ -1,0 +1,328 @@
+"""Webhook path: one gateway process, load from other processes (issue 6).
+
+(a) Max rate: ``wrk`` (closed loop, keep-alive connections) replays distinct, validly signed
+``request.completed`` deliveries from a file (``bench.loadgen_webhooks bodies``). Figures:
+webhooks/s answered 2xx, webhooks/s durably on ``hitl.callbacks`` (counted afterwards with a
+read_committed consumer, by the measured run's request-id prefix), and the gateway process's
+CPU µs per accepted webhook (from /proc over the measured window).
+
+(b) Ack latency at 50 % and 90 % of that max: ``bench.loadgen_webhooks fixed`` sends open
+loop at a fixed rate and measures from each request's scheduled send time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.common import (
+    ROOT,
+    WEBHOOK_SECRET,
+    BenchEnv,
+    Figure,
+    connector_config,
+    cpu_seconds,
+    free_port,
+    run_id,
+    start_connector,
+    stop,
+)
+
+SCENARIO = "webhook"
+CONNECTIONS = 64
+
+LUA = r"""
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+function init(args)
+  local nthreads = tonumber(args[2])
+  reqs = {}
+  local i = 0
+  for line in io.lines(args[1]) do
+    if i % nthreads == tid then
+      local sig, body = line:match("^(%x+)\t(.*)$")
+      reqs[#reqs + 1] = wrk.format("POST", "/webhooks/hitl", {
+        ["Content-Type"] = "application/json",
+        ["X-HITL-Signature-256"] = "sha256=" .. sig,
+      }, body)
+    end
+    i = i + 1
+  end
+  idx = 0
+end
+function request()
+  idx = idx % #reqs + 1
+  return reqs[idx]
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"non2xx":%d,"connect":%d,"read":%d,' ..
+    '"write":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def ensure_wrk() -> str:
+    """wrk from Debian, installed the same way as the other test tools."""
+    subprocess.run(
+        ["sh", str(ROOT / "scripts" / "ensure_debian_package.sh"), "wrk", "wrk"], check=True
+    )
+    return "wrk"
+
+
+def write_bodies(path: Path, prefix: str, n: int) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.loadgen_webhooks",
+            "bodies",
+            "--out",
+            str(path),
+            "--n",
+            str(n),
+            "--prefix",
+            prefix,
+            "--secret",
+            WEBHOOK_SECRET,
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+
+
+async def run_wrk(
+    env: BenchEnv, url: str, bodies: Path, seconds: int, threads: int = 1
+) -> dict[str, Any]:
+    script = env.tmp / "webhooks.lua"
+    script.write_text(LUA)
+    proc = await asyncio.create_subprocess_exec(
+        "wrk",
+        f"-t{threads}",
+        f"-c{CONNECTIONS}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(bodies),
+        str(threads),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    for line in out.decode().splitlines():
+        if line.startswith("WRKJSON "):
+            result: dict[str, Any] = orjson.loads(line[len("WRKJSON ") :])
+            return result
+    raise RuntimeError(f"wrk gave no summary:\n{out.decode()[-2000:]}")
+
+
+async def run_fixed(url: str, prefix: str, rate: float, seconds: float) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.loadgen_webhooks",
+        "fixed",
+        "--url",
+        url,
+        "--rate",
+        f"{rate:.1f}",
+        "--seconds",
+        str(seconds),
+        "--connections",
+        str(CONNECTIONS),
+        "--prefix",
+        prefix,
+        "--secret",
+        WEBHOOK_SECRET,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"fixed-rate sender failed ({proc.returncode})")
+    result: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+    return result
+
+
+class TopicCounter:
+    """Counts records on a topic since a mark, as a read_committed consumer sees them."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.consumer: AIOKafkaConsumer | None = None
+        self.tps: list[TopicPartition] = []
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            max_poll_records=10_000,
+        )
+        await self.consumer.start()
+        parts = self.consumer.partitions_for_topic(self.topic)
+        for _ in range(100):
+            if parts:
+                break
+            await asyncio.sleep(0.1)
+            await self.consumer._client.force_metadata_update()
+            parts = self.consumer.partitions_for_topic(self.topic)
+        self.tps = [TopicPartition(self.topic, p) for p in sorted(parts or ())]
+        self.consumer.assign(self.tps)
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def mark(self) -> dict[TopicPartition, int]:
+        assert self.consumer is not None
+        ends: dict[TopicPartition, int] = await self.consumer.end_offsets(self.tps)
+        return ends
+
+    async def count(self, since: dict[TopicPartition, int], prefix: bytes) -> tuple[int, int]:
+        """(records with a key starting with ``prefix``, distinct such keys) after ``since``."""
+        consumer = self.consumer
+        assert consumer is not None
+        ends = await consumer.end_offsets(self.tps)
+        for tp in self.tps:
+            consumer.seek(tp, since[tp])
+        total = 0
+        keys: set[bytes] = set()
+        while [tp for tp in self.tps if await consumer.position(tp) < ends[tp]]:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batches.values():
+                for r in records:
+                    if r.key is not None and r.key.startswith(prefix):
+                        total += 1
+                        keys.add(r.key)
+        return total, len(keys)
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {proc.returncode}")
+            try:
+                if (await client.get(url + "/readyz", timeout=1)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("gateway not ready")
+
+
+async def run(env: BenchEnv) -> list[Figure]:
+    ensure_wrk()
+    run = run_id("wh")
+    port = free_port()
+    config = connector_config(
+        env, run, "http://127.0.0.1:9", gateway={"port": port, "signature": "required"}
+    )
+    url = f"http://127.0.0.1:{port}"
+    gateway = start_connector(env, config, role="gateway")
+    seconds = env.scale(10, 5)
+    warm_seconds = env.scale(4, 2)
+    accepted: list[float] = []
+    durable: list[float] = []
+    cpu_us: list[float] = []
+    wrk_p99: list[float] = []
+    lat: dict[float, dict[str, list[float]]] = {
+        0.5: {"p50": [], "p99": []},
+        0.9: {"p50": [], "p99": []},
+    }
+    counter = TopicCounter(env.bootstrap, f"cb-{run}")
+    try:
+        await wait_ready(url, gateway)
+        await counter.start()
+        warm = env.tmp / f"{run}-warm.txt"
+        write_bodies(warm, f"{run}-warm", 30_000)
+        guess = 0.0
+        for rep in range(env.repeats):
+            warm_result = await run_wrk(env, url, warm, warm_seconds)
+            guess = max(guess, warm_result["requests"] / (warm_result["duration_us"] / 1e6))
+            prefix = f"{run}-m{rep}"
+            bodies = env.tmp / f"{prefix}.txt"
+            write_bodies(bodies, prefix, int(guess * seconds * 1.5) + 1000)
+            mark = await counter.mark()
+            cpu0 = cpu_seconds(gateway.pid)
+            result = await run_wrk(env, url, bodies, seconds)
+            cpu1 = cpu_seconds(gateway.pid)
+            await asyncio.sleep(1.0)  # in-flight produces at wrk's stop finish
+            records, distinct = await counter.count(mark, (prefix + "-").encode())
+            duration = result["duration_us"] / 1e6
+            ok = result["requests"] - result["non2xx"]
+            accepted.append(ok / duration)
+            durable.append(distinct / duration)
+            cpu_us.append((cpu1 - cpu0) * 1e6 / max(ok, 1))
+            wrk_p99.append(result["p99_us"] / 1000)
+            print(
+                f"  max-rate run {rep}: {result} → {ok / duration:,.0f}/s 2xx, "
+                f"{records} records ({distinct} distinct) durable, "
+                f"{cpu_us[-1]:.0f} µs CPU/webhook",
+                flush=True,
+            )
+            bodies.unlink()
+        max_rate = sorted(accepted)[len(accepted) // 2]
+        for rep in range(env.repeats):
+            for share in (0.5, 0.9):
+                rate = max_rate * share
+                got = await run_fixed(url, f"{run}-f{share}-{rep}", rate, seconds)
+                lat[share]["p50"].append(got["p50_ms"])
+                lat[share]["p99"].append(got["p99_ms"])
+                print(f"  fixed {share:.0%} of max ({rate:,.0f}/s) run {rep}: {got}", flush=True)
+    finally:
+        await counter.stop()
+        stop(gateway)
+    note = f"wrk -c{CONNECTIONS}, closed loop, {seconds} s"
+    figures = [
+        Figure(SCENARIO, "max rate, acked 2xx", "webhooks/s", accepted, ">= 5000", note=note),
+        Figure(
+            SCENARIO,
+            "max rate, durable on hitl.callbacks",
+            "webhooks/s",
+            durable,
+            ">= 5000",
+            note="read_committed count of the measured run's request ids",
+        ),
+        Figure(SCENARIO, "gateway CPU per webhook", "µs", cpu_us, "<= 150", "lower"),
+        Figure(SCENARIO, "ack p99 at max rate (closed loop)", "ms", wrk_p99, better="lower"),
+    ]
+    for share, values in lat.items():
+        pct = f"{share:.0%}"
+        note = "open loop, from scheduled send time"
+        figures.append(
+            Figure(SCENARIO, f"ack p50 at {pct} of max", "ms", values["p50"], None, "lower", note)
+        )
+        figures.append(
+            Figure(
+                SCENARIO,
+                f"ack p99 at {pct} of max",
+                "ms",
+                values["p99"],
+                "<= 20" if share == 0.5 else None,
+                "lower",
+                note,
+            )
+        )
+    return figures
