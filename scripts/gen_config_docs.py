@@ -113,7 +113,10 @@ NOTES: dict[str, str] = {
     "policy.reject_decision": "Decision value written for an auto-rejection.",
     "batch.max_records": "Records per micro-batch (one fetch).",
     "batch.max_bytes": "Bytes per fetch.",
-    "batch.linger_ms": "Wait this long for a batch to fill.",
+    "batch.linger_ms": (
+        "Wait up to this long for a batch to fill; skipped when records already had this "
+        "long to gather (under load the batch in progress is the linger)."
+    ),
     "batch.max_event_bytes": "Larger events go to the DLQ as `too_large`.",
     "batch.shutdown_deadline_seconds": "One deadline for a graceful stop.",
     "gateway.host": "Listen address of the HTTP server (webhooks, health, metrics).",

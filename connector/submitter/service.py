@@ -69,6 +69,7 @@ class Submitter(TransactionalRole):
         self._paused_until: dict[TopicPartition, float] = {}
         self._checkpoint: Checkpoint | None = None
         self._failures = 0
+        self._last_fetch = 0.0  # monotonic time the last fetch returned
         self.batches = 0
 
     @property
@@ -115,7 +116,13 @@ class Submitter(TransactionalRole):
         )
         count = sum(len(v) for v in batch.values())
         linger = self._s.batch.linger_ms
-        if batch and linger and count < limit and not self._stopping.is_set():
+        now = time.monotonic()
+        # Linger only when records had less than linger_ms to gather since the last fetch:
+        # after a batch that took longer (creates, transaction), what waited is the batch.
+        waited = now - self._last_fetch
+        self._last_fetch = now
+        short_wait = waited * 1000 < linger
+        if batch and count < limit and short_wait and not self._stopping.is_set():
             more = await consumer.getmany(timeout_ms=linger, max_records=limit - count)
             for tp, records in more.items():
                 batch.setdefault(tp, []).extend(records)

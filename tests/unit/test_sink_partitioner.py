@@ -7,7 +7,7 @@ import random
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from connector.gateway.sink import murmur2
+from connector.kafka.partitioner import murmur2
 
 
 def test_murmur2_matches_aiokafka_for_every_tail_length() -> None:
