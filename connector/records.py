@@ -51,16 +51,17 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
-_second_cache: list[Any] = [None, ""]  # [epoch second, its "YYYY-MM-DDTHH:MM:SS"]
+_seconds: dict[int, str] = {}  # epoch second → "YYYY-MM-DDTHH:MM:SS" (a few recent ones)
 
 
 def _iso(second: int, micros: int) -> str:
     """``datetime.isoformat`` of a UTC instant with ``Z``; the date part is cached per second
-    (the submit path formats two timestamps per event, nearly all in the same second)."""
-    if _second_cache[0] != second:
-        text = datetime.fromtimestamp(second, UTC).isoformat()[:19]
-        _second_cache[0], _second_cache[1] = second, text
-    prefix: str = _second_cache[1]
+    (the submit path formats two timestamps per event: the record's and now)."""
+    prefix = _seconds.get(second)
+    if prefix is None:
+        if len(_seconds) >= 64:
+            _seconds.clear()
+        prefix = _seconds[second] = datetime.fromtimestamp(second, UTC).isoformat()[:19]
     return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 _DEFAULT_429_WAIT = 60.0
 _MAX_MSG_CHARS = 500
 _MAX_CACHED_URLS = 1024
+_RATE_LIMIT_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 
 
 class ApiObserver(Protocol):
@@ -577,7 +578,12 @@ class HitlClient:
         body = _json(answer.content)
         now, wall = clock.monotonic(), clock.wall()
         usage = body if status == 429 or endpoint == "test_key" else None
-        info = parse_rate_limit(answer.headers, wall, usage)
+        headers = answer.headers  # lower-case dict or httpx.Headers: `in` ignores case
+        info = (
+            parse_rate_limit(headers, wall, usage)
+            if usage is not None or any(name in headers for name in _RATE_LIMIT_HEADERS)
+            else None
+        )
         if info is not None:
             self._observer.on_rate_limit(info)
         msg = _msg(body, answer)
