@@ -32,6 +32,7 @@ from bench.common import (
     run_id,
     start_connector,
     stop,
+    topics_for,
 )
 from connector.records import (
     H_CONTENT_TYPE,
@@ -206,14 +207,7 @@ async def create_connector_topics(
 async def restore_once(env: BenchEnv, n: int) -> dict[str, Any]:
     """Fill a fresh requests topic with ``n`` rows, start a resolver, time it to ready."""
     run = run_id("state")
-    cfg_topics = {
-        "input": f"in-{run}",
-        "output": f"out-{run}",
-        "dlq": f"dlq-{run}",
-        "requests": f"req-{run}",
-        "callbacks": f"cb-{run}",
-        "unmatched": f"unm-{run}",
-    }
+    cfg_topics = {k: v for k, v in topics_for(run).items() if v is not None}
     await create_connector_topics(env.bootstrap, cfg_topics, PARTITIONS)
     write_s = await write_rows(env.bootstrap, cfg_topics["requests"], run, n) if n else 0.0
     port = free_port()
