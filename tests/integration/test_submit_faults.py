@@ -34,7 +34,7 @@ from tests.integration.harness import (
 )
 from tests.integration.ledger import ledger
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 
 LOOP = "loop-test"
 CREATE = ("POST", "/loops/{id}/requests")
