@@ -236,6 +236,10 @@ class ResolverSettings(_Section):
     # unmatched topic. The submitter's transaction is normally visible within a second.
     unmatched_ttl_seconds: float = Field(default=120.0, gt=0)
     restore_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Request ids kept after their decision (~165 B each; 500,000 is ~80 MiB) so late
+    # duplicate callbacks are dropped quietly instead of waiting and landing on the unmatched
+    # topic. Never a second decision either way.
+    resolved_memory: int = Field(default=500_000, ge=0, le=10_000_000)
     reconcile: bool = True
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)
     # A request is overdue at timeout_at + grace, or (when set) max_wait after submission.

@@ -32,7 +32,6 @@ from connector.records import RequestEntry, SourceRef
 
 log = logging.getLogger(__name__)
 
-RESOLVED_MEMORY = 500_000
 
 # A row is one packed ``bytes`` object, not a RequestEntry (with its SourceRef, options list,
 # a dozen str/int objects and per-row copies of the loop id, topic and response type): about
@@ -217,7 +216,7 @@ class RequestTable:
     def _remember(self, request_id: str) -> None:
         self._resolved[request_id] = None
         self._resolved.move_to_end(request_id)
-        while len(self._resolved) > RESOLVED_MEMORY:
+        while len(self._resolved) > self._s.resolver.resolved_memory:
             self._resolved.popitem(last=False)
 
     def _due_of(self, entry: RequestEntry) -> float:
