@@ -3,7 +3,8 @@
 Sources, highest priority first: environment variables (``HITL_CONNECTOR_`` prefix, ``__`` for
 nesting), the YAML file given with ``--config``, then the defaults below. Secrets come only from
 the environment or from files: ``HITL_API_KEY`` (or ``HITL_API_KEY_FILE``) and
-``HITL_WEBHOOK_SECRET`` (comma-separated for rotation, or ``HITL_WEBHOOK_SECRET_FILE``).
+``HITL_WEBHOOK_SECRET`` (comma-separated for rotation, or ``HITL_WEBHOOK_SECRET_FILE``),
+``HITL_CALLBACK_TOKEN_SECRET[_FILE]`` and ``HITL_KAFKA_SASL_PASSWORD[_FILE]``.
 
 Unknown keys and bad values fail at start with a message naming the key (see ``load_settings``).
 This module validates; it does not connect to anything.
@@ -390,6 +391,9 @@ def load_settings(
     token_secret = _read_secret("HITL_CALLBACK_TOKEN_SECRET", environ)
     if token_secret:
         secrets.setdefault("gateway", {})["token_secret"] = token_secret
+    sasl_password = _read_secret("HITL_KAFKA_SASL_PASSWORD", environ)
+    if sasl_password:
+        secrets["kafka"] = {"sasl_password": sasl_password}
     data = _deep_merge(data, secrets)
     _reject_unknown_env(environ)
     if overrides:

@@ -63,6 +63,21 @@ def test_secrets_from_env_and_files_never_print(
     assert "hitl_live_secret" not in repr(s) and "old-s" not in str(s.model_dump())
 
 
+def test_kafka_sasl_password_from_a_file_or_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "kafka-password"
+    secret.write_text("scram-pass\n")
+    monkeypatch.setenv("HITL_KAFKA_SASL_PASSWORD_FILE", str(secret))
+    s = load_settings()
+    assert s.kafka.sasl_password is not None
+    assert s.kafka.sasl_password.get_secret_value() == "scram-pass"
+    assert "scram-pass" not in repr(s)
+    monkeypatch.setenv("HITL_KAFKA_SASL_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"HITL_KAFKA_SASL_PASSWORD_FILE=.*cannot read"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "needle"),
     [
