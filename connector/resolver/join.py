@@ -131,12 +131,20 @@ class Joiner:
         self.stats = JoinStats()  # totals of committed batches
         self.batch = JoinStats()  # the batch in progress
 
-    def commit_stats(self, metrics: Metrics | None) -> None:
-        """The batch was committed: count it."""
+    def take_batch(self) -> JoinStats:
+        """The counts of the batch in progress, to be counted once its transaction commits."""
         batch, self.batch = self.batch, JoinStats()
+        return batch
+
+    def count(self, batch: JoinStats, metrics: Metrics | None) -> None:
+        """A batch was committed: count it."""
         self.stats.merge(batch)
         if metrics is not None:
             batch.observe(metrics)
+
+    def commit_stats(self, metrics: Metrics | None) -> None:
+        """The batch in progress is done (committed, or nothing to commit): count it."""
+        self.count(self.take_batch(), metrics)
 
     def discard_stats(self) -> None:
         """The batch was aborted: it will be joined again."""

@@ -2,12 +2,15 @@
 
 Order of one iteration: fetch callbacks → [lock] make sure the table partitions are restored
 → join each callback (decision + tombstone, escalation, unmatched, or wait) → re-try callbacks
-that were waiting; expire those older than the TTL to the unmatched topic → checkpoint
-(outputs + offsets) [unlock].
+that were waiting; expire those older than the TTL to the unmatched topic → stage outputs and
+offsets for the commit pipeline [unlock]. The pipeline commits while the next batch is joined;
+joins see the table as the earlier, still committing, batches left it.
 
 Offsets: a partition commits up to its oldest waiting callback, never past it, so a crash
 cannot lose a callback that had no request yet. Callbacks after it that were resolved are
 read again after a restart and recognised as resolved (tombstones), producing nothing.
+A failed transaction rewinds everything not committed: positions go back to the committed
+offsets and the table is restored again.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from connector.config import Settings
-from connector.kafka.checkpoint import Checkpoint, CheckpointError
+from connector.kafka.checkpoint import Checkpoint
 from connector.kafka.clients import make_consumer, make_transactional_producer
+from connector.kafka.pipeline import CommitPipeline, Failure, Staged
 from connector.kafka.role import TransactionalRole
 from connector.metrics import Metrics
 from connector.records import OutRecord
@@ -50,6 +54,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._owner.batch_lock:
+            await self._owner.settle()
             for tp in revoked:
                 self._owner.forget(tp)
 
@@ -70,9 +75,9 @@ class Resolver(TransactionalRole):
         self.batch_lock = asyncio.Lock()
         self.waiting: dict[TopicPartition, OrderedDict[int, _Waiting]] = {}
         self.processed: dict[TopicPartition, int] = {}
-        self._checkpoint: Checkpoint | None = None
+        self._pipeline: CommitPipeline | None = None
         self._failures = 0
-        self._committed: dict[TopicPartition, int] = {}
+        self._staged_offsets: dict[TopicPartition, int] = {}  # the last offsets handed over
         self.batches = 0
         self.joined = False  # the group assigned partitions at least once
         self.table.lag_probe = self.lagging_partitions
@@ -90,7 +95,10 @@ class Resolver(TransactionalRole):
     async def start(self) -> None:
         self._producer = make_transactional_producer(self._s.kafka, role="resolver")
         await self._producer.start()
-        self._checkpoint = Checkpoint(self._producer, self.group_id)
+        self._pipeline = CommitPipeline(
+            Checkpoint(self._producer, self.group_id), on_committed=self._committed
+        )
+        self._pipeline.start()
         await self.table.start()
         self._consumer = make_consumer(
             self._s.kafka,
@@ -104,7 +112,28 @@ class Resolver(TransactionalRole):
 
     async def stop(self) -> None:
         """Consumer, then the table, then the producer; safe to call twice."""
-        await self._close(self.table.stop)
+        await self._close(self._stop_pipeline, self.table.stop)
+
+    async def _stop_pipeline(self) -> None:
+        if self._pipeline is not None:
+            await self._pipeline.stop()
+
+    @property
+    def pipeline(self) -> CommitPipeline:
+        assert self._pipeline is not None, "start() first"
+        return self._pipeline
+
+    async def settle(self) -> None:
+        """Wait until every staged batch is committed; after a failure, restore the table
+        again (its in-memory resolutions were not committed)."""
+        failure = await self.pipeline.flush()
+        if failure is not None:
+            self._count_abort()
+            log.warning("checkpoint failed while settling: %s", failure.error)
+            self.waiting.clear()
+            self.processed.clear()
+            self._staged_offsets.clear()
+            await self.table.assign([])
 
     async def lagging_partitions(self) -> set[int]:
         """Partitions with callbacks fetched position < end: records not joined yet, among
@@ -130,23 +159,27 @@ class Resolver(TransactionalRole):
     def forget(self, tp: TopicPartition) -> None:
         self.waiting.pop(tp, None)
         self.processed.pop(tp, None)
-        self._committed.pop(tp, None)
+        self._staged_offsets.pop(tp, None)
 
     def waiting_count(self) -> int:
         return sum(len(w) for w in self.waiting.values())
 
     async def run(self) -> None:
+        pipeline = self.pipeline
         while not self._stopping.is_set():
             table_task = self.table.task
             if table_task is not None and table_task.done():
                 table_task.result()  # surface a dead table loop instead of stalling
+            await pipeline.wait_room()
+            await self._recover(pipeline.take_failure())
+            pipeline.check()
             batch = await self.consumer.getmany(timeout_ms=200)
             if batch or self.waiting_count():
                 await self._handle(batch)
+        await self.settle()
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         consumer = self.consumer
-        assert self._checkpoint is not None
         async with self.batch_lock:
             assigned = consumer.assignment()
             batch = {tp: recs for tp, recs in batch.items() if tp in assigned and recs}
@@ -172,30 +205,47 @@ class Resolver(TransactionalRole):
                 self.processed[tp] = records[-1].offset + 1
             outputs.extend(self._retry_waiting(now))
             offsets = {
-                tp: off for tp, off in self._committable().items() if self._committed.get(tp) != off
+                tp: off
+                for tp, off in self._committable().items()
+                if self._staged_offsets.get(tp) != off
             }
+            failure = self.pipeline.take_failure()
+            if failure is not None:  # an earlier batch failed: this one is joined again too
+                await self._recover(failure)
+                return
             if not outputs and not offsets:
                 self.joiner.commit_stats(self._m)  # nothing to write, e.g. only duplicates
                 return
-            try:
-                await self._checkpoint.commit(outputs, offsets)
-            except CheckpointError:
-                self.joiner.discard_stats()
-                if self._m is not None:
-                    self._m.transactions.labels("resolver", "abort").inc()
-                self._failures += 1
-                if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
-                    raise
-                await self._rewind()
-                await asyncio.sleep(min(5.0, 0.2 * 2**self._failures))
-                return
-            self._failures = 0
+            self._staged_offsets.update(offsets)
+            fetched = sum(len(r) for r in batch.values())
+            meta = (self.joiner.take_batch(), fetched, started)
+            self.pipeline.stage(Staged(outputs, offsets, {}, meta))
+
+    async def _recover(self, failure: Failure | None) -> None:
+        """After a failed transaction: forget what was not committed, read it again."""
+        if failure is None:
+            return
+        self.joiner.discard_stats()
+        self._count_abort()
+        self._failures += 1
+        if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
+            raise failure.error
+        await self._rewind()
+        await asyncio.sleep(min(5.0, 0.2 * 2**self._failures))
+
+    def _count_abort(self) -> None:
+        if self._m is not None:
+            self._m.transactions.labels("resolver", "abort").inc()
+
+    def _committed(self, group: list[Staged]) -> None:
+        self._failures = 0
+        for staged in group:
+            stats, fetched, started = staged.meta
             self.batches += 1
-            self._committed.update(offsets)
-            self.joiner.commit_stats(self._m)
+            self.joiner.count(stats, self._m)
             if self._m is not None:
                 self._m.transactions.labels("resolver", "commit").inc()
-                self._m.batch_size.labels("resolver").observe(sum(len(r) for r in batch.values()))
+                self._m.batch_size.labels("resolver").observe(fetched)
                 self._m.batch_duration.labels("resolver").observe(time.perf_counter() - started)
 
     def _retry_waiting(self, now: float) -> list[OutRecord]:
@@ -226,7 +276,7 @@ class Resolver(TransactionalRole):
         tps = list(consumer.assignment())
         self.waiting.clear()
         self.processed.clear()
-        self._committed.clear()
+        self._staged_offsets.clear()
         for tp in tps:
             committed = await consumer.committed(tp)
             if committed is None:

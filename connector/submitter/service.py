@@ -1,13 +1,15 @@
 """The submitter role: input topic → HITL requests, one Kafka transaction per micro-batch.
 
 Owns the Kafka side of the submit path: the consumer group on the input topic, fetching,
-pausing and seeking partitions, and handing each batch's outputs and offsets to the
-checkpoint. What happens to each record is decided in ``submitter.batch``.
+pausing and seeking partitions, and handing each batch's outputs and offsets to the commit
+pipeline. What happens to each record is decided in ``submitter.batch``.
 
 Order of one iteration: resume partitions whose pause is over → fetch (plus linger) →
-[lock] process → checkpoint (outputs + offsets in one transaction) → seek back and pause
-partitions with a gap [unlock]. The rebalance listener takes the same lock, so a partition
-is never revoked between its creates and its commit.
+[lock] process → seek back and pause partitions with a gap → stage the batch [unlock]. The
+pipeline commits staged batches (outputs + offsets in one transaction) while the next batch's
+creates run, so the transaction's round trips add no latency to them. The rebalance listener
+takes the same lock and waits for the pipeline to drain, so a partition is never revoked
+between its creates and its commit.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from connector.config import Settings
-from connector.kafka.checkpoint import Checkpoint, CheckpointError
+from connector.kafka.checkpoint import Checkpoint
 from connector.kafka.clients import make_consumer, make_transactional_producer
+from connector.kafka.pipeline import CommitPipeline, Failure, Staged
 from connector.kafka.role import TransactionalRole
 from connector.metrics import Metrics
 from connector.submitter.batch import BatchProcessor, BatchStats, CreateClient
@@ -39,8 +42,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Waits for the batch in progress to commit before the partitions move.
+        # Waits for the batch in progress, and every staged one, to commit before the
+        # partitions move. Anything that failed is read again by whoever gets the partition.
         async with self._owner.batch_lock:
+            await self._owner.settle()
             self._owner.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -67,7 +72,7 @@ class Submitter(TransactionalRole):
         self.batch_lock = asyncio.Lock()
         self.stats = BatchStats()
         self._paused_until: dict[TopicPartition, float] = {}
-        self._checkpoint: Checkpoint | None = None
+        self._pipeline: CommitPipeline | None = None
         self._failures = 0
         self._last_fetch = 0.0  # monotonic time the last fetch returned
         self.batches = 0
@@ -80,7 +85,10 @@ class Submitter(TransactionalRole):
         kafka = self._s.kafka
         self._producer = make_transactional_producer(kafka, role="submitter")
         await self._producer.start()
-        self._checkpoint = Checkpoint(self._producer, self.group_id)
+        self._pipeline = CommitPipeline(
+            Checkpoint(self._producer, self.group_id), on_committed=self._committed
+        )
+        self._pipeline.start()
         self._consumer = make_consumer(
             kafka,
             role="submitter",
@@ -94,19 +102,40 @@ class Submitter(TransactionalRole):
 
     async def stop(self) -> None:
         """Close the consumer (leaving the group) and the producer; safe to call twice."""
-        await self._close()
+        await self._close(self._stop_pipeline)
+
+    async def _stop_pipeline(self) -> None:
+        if self._pipeline is not None:
+            await self._pipeline.stop()
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
             self._paused_until.pop(tp, None)
 
     async def run(self) -> None:
-        """Process batches until ``request_stop``; the batch in progress always finishes."""
+        """Process batches until ``request_stop``; what was processed is committed at the end."""
+        pipeline = self.pipeline
         while not self._stopping.is_set():
             self._resume_due()
+            await pipeline.wait_room()
+            await self._recover(pipeline.take_failure())
+            pipeline.check()
             batch = await self._fetch()
             if batch:
                 await self._handle(batch)
+        await self.settle()
+
+    @property
+    def pipeline(self) -> CommitPipeline:
+        assert self._pipeline is not None, "start() first"
+        return self._pipeline
+
+    async def settle(self) -> None:
+        """Wait until every staged batch is committed (or failed: then it is read again)."""
+        failure = await self.pipeline.flush()
+        if failure is not None:
+            self._count_abort()
+            log.warning("checkpoint failed while settling: %s", failure.error)
 
     async def _fetch(self) -> dict[TopicPartition, list[Any]]:
         consumer = self.consumer
@@ -130,7 +159,6 @@ class Submitter(TransactionalRole):
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         consumer = self.consumer
-        assert self._checkpoint is not None
         async with self.batch_lock:
             assigned = consumer.assignment()
             batch = {tp: recs for tp, recs in batch.items() if tp in assigned and recs}
@@ -139,34 +167,52 @@ class Submitter(TransactionalRole):
             started = time.perf_counter()
             stats = BatchStats()
             plans = await self._processor.process(batch, stats)
+            rewind = {tp: records[0].offset for tp, records in batch.items()}
+            failure = self.pipeline.take_failure()
+            if failure is not None:  # an earlier batch failed to commit: this one goes too
+                await self._recover(failure, rewind)
+                return
             outputs = [r for plan in plans.values() for r in plan.outputs]
             offsets = {
                 tp: plan.commit_offset
                 for tp, plan in plans.items()
                 if plan.commit_offset is not None
             }
-            try:
-                await self._checkpoint.commit(outputs, offsets)
-            except CheckpointError:
-                if self._m is not None:
-                    self._m.transactions.labels("submitter", "abort").inc()
-                self._failures += 1
-                if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
-                    raise
-                # Nothing of this batch is committed: read it again from its first record.
-                for tp, records in batch.items():
-                    consumer.seek(tp, records[0].offset)
-                await asyncio.sleep(min(5.0, 0.2 * 2**self._failures))
-                return
-            self._failures = 0
-            self.batches += 1
-            self._merge(stats)
-            if self._m is not None:
-                self._observe(stats, sum(len(r) for r in batch.values()), started)
             for tp, plan in plans.items():
                 if plan.seek_to is not None:
                     consumer.seek(tp, plan.seek_to)
                     self._pause(tp, plan.retry_after)
+            fetched = sum(len(r) for r in batch.values())
+            self.pipeline.stage(Staged(outputs, offsets, rewind, (stats, fetched, started)))
+
+    async def _recover(
+        self, failure: Failure | None, extra: dict[TopicPartition, int] | None = None
+    ) -> None:
+        """After a failed transaction: read every uncommitted batch again, after a backoff."""
+        if failure is None:
+            return
+        self._count_abort()
+        self._failures += 1
+        if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
+            raise failure.error
+        assigned = self.consumer.assignment()
+        for tp, offset in failure.rewind_to(extra).items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+        await asyncio.sleep(min(5.0, 0.2 * 2**self._failures))
+
+    def _count_abort(self) -> None:
+        if self._m is not None:
+            self._m.transactions.labels("submitter", "abort").inc()
+
+    def _committed(self, group: list[Staged]) -> None:
+        self._failures = 0
+        for staged in group:
+            stats, fetched, started = staged.meta
+            self.batches += 1
+            self._merge(stats)
+            if self._m is not None:
+                self._observe(stats, fetched, started)
 
     def _pause(self, tp: TopicPartition, retry_after: float | None) -> None:
         now = time.monotonic()
@@ -232,7 +278,7 @@ class Submitter(TransactionalRole):
 
 
 async def drain(submitter: Submitter, task: asyncio.Task[None], deadline: float) -> None:
-    """Stop fetching, let the batch in progress commit, then close — within ``deadline``."""
+    """Stop fetching, let the staged batches commit, then close — within ``deadline``."""
     submitter.request_stop()
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.shield(task), timeout=deadline)

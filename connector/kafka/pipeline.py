@@ -1,0 +1,178 @@
+"""Commit pipelining: a role prepares its next batch while the previous one commits.
+
+A role (submitter, resolver) stages each processed batch here; one background task commits
+what is staged, back to back, each time everything staged since its last commit as one
+transaction (``Checkpoint``: outputs + offsets, atomically). So a transaction's broker round
+trips overlap the next batch's HTTP calls or joins instead of delaying them, and under load
+transactions grow instead of queueing.
+
+Order is kept: batches commit in the order staged, and a later batch's offsets replace an
+earlier one's for the same partition. When a transaction fails, the pipeline stops committing
+and holds the failure until the role takes it (``take_failure``): the role then rewinds every
+batch not committed (the failed ones, those staged after them, and the one in its hands),
+exactly as it would after a failed commit without pipelining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from connector.kafka.checkpoint import Checkpoint, CheckpointError
+from connector.records import OutRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Staged:
+    """One processed batch waiting for its transaction."""
+
+    outputs: Sequence[OutRecord]
+    offsets: Mapping[TopicPartition, int]
+    rewind: Mapping[TopicPartition, int]  # the batch's first offset per partition
+    meta: Any = None  # the role's own bookkeeping, handed back when committed
+
+
+@dataclass(slots=True)
+class Failure:
+    """Batches that will not commit, and why."""
+
+    batches: list[Staged]
+    error: CheckpointError
+
+    def rewind_to(
+        self, extra: Mapping[TopicPartition, int] | None = None
+    ) -> dict[TopicPartition, int]:
+        """The earliest first offset per partition over these batches (and ``extra``)."""
+        out: dict[TopicPartition, int] = dict(extra or {})
+        for staged in self.batches:
+            for tp, offset in staged.rewind.items():
+                if tp not in out or offset < out[tp]:
+                    out[tp] = offset
+        return out
+
+
+class CommitPipeline:
+    """Commits staged batches in order in one background task, at most ``max_staged`` waiting."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        on_committed: Callable[[list[Staged]], None],
+        max_staged: int = 4,
+    ) -> None:
+        self._checkpoint = checkpoint
+        self._on_committed = on_committed
+        self._max_staged = max_staged
+        self._staged: list[Staged] = []
+        self._in_flight: list[Staged] = []
+        self._failure: Failure | None = None
+        self._wakeup = asyncio.Event()
+        self._changed = asyncio.Event()  # set whenever a transaction ends
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="commit-pipeline")
+
+    async def stop(self) -> None:
+        """Cancel the committer; what was staged and not committed is simply not committed."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if task.done():
+            if not task.cancelled():
+                task.exception()  # an error of the committer was raised to the role already
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
+    @property
+    def idle(self) -> bool:
+        return not self._staged and not self._in_flight
+
+    def stage(self, staged: Staged) -> None:
+        """Queue a batch for the next transaction (the role checks ``failed`` first)."""
+        assert self._failure is None, "take_failure() before staging more"
+        self._staged.append(staged)
+        self._wakeup.set()
+
+    def take_failure(self) -> Failure | None:
+        """The failed batches plus everything staged after them; committing resumes."""
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            failure.batches.extend(self._staged)
+            self._staged = []
+        return failure
+
+    async def wait_room(self) -> None:
+        """Back-pressure: return once fewer than ``max_staged`` batches wait."""
+        while len(self._staged) >= self._max_staged and self._failure is None:
+            await self._wait_change()
+
+    async def flush(self) -> Failure | None:
+        """Wait until everything staged is committed; the failure, if one happened."""
+        while not self.idle and self._failure is None:
+            await self._wait_change()
+        return self.take_failure()
+
+    async def _wait_change(self) -> None:
+        self._changed.clear()
+        task = self._task
+        if task is None or task.done():
+            if task is not None:
+                task.result()  # the committer died of an unexpected error: surface it
+            raise RuntimeError("commit pipeline is not running")
+        waiter = asyncio.ensure_future(self._changed.wait())
+        try:
+            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task.done():
+            task.result()
+
+    def check(self) -> None:
+        """Raise the committer's unexpected error, if it died of one."""
+        task = self._task
+        if task is not None and task.done() and not task.cancelled():
+            task.result()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._staged and self._failure is None:
+                group, self._staged = self._staged, []
+                self._in_flight = group
+                try:
+                    await self._commit(group)
+                except CheckpointError as exc:
+                    self._failure = Failure(group, exc)
+                else:
+                    self._on_committed(group)
+                finally:
+                    self._in_flight = []
+                    self._changed.set()
+
+    async def _commit(self, group: list[Staged]) -> None:
+        if len(group) == 1:
+            await self._checkpoint.commit(group[0].outputs, group[0].offsets)
+            return
+        outputs: list[OutRecord] = []
+        offsets: dict[TopicPartition, int] = {}
+        for staged in group:
+            outputs.extend(staged.outputs)
+            offsets.update(staged.offsets)  # later batches go further on the same partition
+        await self._checkpoint.commit(outputs, offsets)
