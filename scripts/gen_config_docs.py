@@ -57,7 +57,10 @@ NOTES: dict[str, str] = {
     "kafka.request_timeout_ms": "Timeout of one Kafka request.",
     "kafka.session_timeout_ms": "A consumer silent this long leaves its group (rebalance).",
     "kafka.max_poll_interval_ms": "Longest pause between polls before a consumer is evicted.",
-    "kafka.producer_linger_ms": "How long the producer waits to fill a batch.",
+    "kafka.producer_linger_ms": (
+        "How long the producer waits to fill a batch of records sent one by one (DLQ replay). "
+        "The submit, decision and webhook paths build whole batches and send them at once."
+    ),
     "kafka.producer_max_batch_bytes": "Largest producer batch per partition.",
     "kafka.compression_type": "Compression of produced batches.",
     "topics.input": "Content events to review (the seed's shape).",

@@ -9,7 +9,8 @@ Batching across concurrent webhooks: ``publish`` serializes its record, appends 
 pending round and waits on its own future; one flusher task sends each round as one record
 batch per partition (``send_batch``; the partition is Kafka's murmur2 of the key, exactly as
 the producer's default partitioner computes it, so co-partitioning with ``hitl.requests``
-holds) and resolves the round's futures when Kafka acknowledged every batch. While a round is
+holds; ``connector.kafka.batches``, sent without the producer's linger) and resolves the
+round's futures when Kafka acknowledged every batch. While a round is
 in flight the next one accumulates, so the batch size follows the load with no configured
 linger (aiokafka keeps one produce request in flight per broker anyway).
 """
@@ -28,6 +29,7 @@ from aiokafka.errors import KafkaError
 
 from connector.config import Settings
 from connector.gateway.app import SinkUnavailable
+from connector.kafka.batches import BatchWriter
 from connector.kafka.clients import make_producer
 from connector.kafka.partitioner import murmur2
 from connector.records import SCHEMA_CALLBACK, base_headers, iso_now
@@ -185,21 +187,11 @@ class KafkaCallbackSink:
     async def _send_batches(
         self, producer: AIOKafkaProducer, pending: list[_Pending]
     ) -> list[asyncio.Future[Any]]:
-        builders: dict[int, Any] = {}
-        futures: list[asyncio.Future[Any]] = []
+        writer = BatchWriter(producer)
+        topic = self._topic
         for partition, key, value, headers, _ in pending:
-            builder = builders.get(partition)
-            if builder is None:
-                builder = builders[partition] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                # Full: send it and start another for the same partition.
-                futures.append(await producer.send_batch(builder, self._topic, partition=partition))
-                builder = builders[partition] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    raise KafkaError("record larger than the producer's batch size")
-        for partition, builder in builders.items():
-            futures.append(await producer.send_batch(builder, self._topic, partition=partition))
-        return futures
+            writer.add(topic, partition, key, value, headers)
+        return await writer.send()
 
     @staticmethod
     def _fail(pending: list[_Pending], reason: str) -> None:

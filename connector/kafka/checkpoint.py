@@ -4,9 +4,11 @@ A checkpoint is one Kafka transaction, in this order:
 1. begin the transaction;
 2. send every output record of the batch (decisions, request-table rows, DLQ records,
    tombstones) as whole record batches, one per partition (partitioned exactly like the
-   default partitioner, ``connector.kafka.partitioner``), all in flight at once;
+   default partitioner, ``connector.kafka.partitioner``; ``connector.kafka.batches``), all in
+   flight at once;
 3. send the consumer offsets with one ``send_offsets_to_transaction`` call (one call per
-   batch: aiokafka issue 1098 races when offsets go one by one);
+   batch: aiokafka issue 1098 races when offsets go one by one), while the records of step 2
+   are still in flight, and wait for both;
 4. commit. The broker then makes outputs and offsets visible together, or neither.
 
 Any failure aborts the transaction and re-raises; the caller seeks back to the last
@@ -23,6 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from connector.kafka.batches import BatchWriter
 from connector.kafka.partitioner import partition_for
 from connector.records import OutRecord
 
@@ -52,11 +55,15 @@ class Checkpoint:
         producer = self._producer
         await producer.begin_transaction()
         try:
-            futures = await self._send_batches(records)
-            if futures:
-                await asyncio.gather(*futures)
+            waits: list[Any] = await self._send_batches(records)
             if offsets:
-                await producer.send_offsets_to_transaction(dict(offsets), self._group_id)
+                # In parallel with the produce requests: the offsets' two round trips
+                # (AddOffsetsToTxn, TxnOffsetCommit) need not wait for the records' acks.
+                waits.append(producer.send_offsets_to_transaction(dict(offsets), self._group_id))
+            # Every wait ends before the abort below, so no send is left running past it.
+            for result in await asyncio.gather(*waits, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
             await producer.commit_transaction()
         except (TimeoutError, KafkaError, OSError) as exc:
             self.aborts += 1
@@ -69,26 +76,12 @@ class Checkpoint:
         self.commits += 1
 
     async def _send_batches(self, records: Sequence[OutRecord]) -> list[asyncio.Future[Any]]:
-        """One ``BatchBuilder`` per partition instead of a ``send()`` per record: the
-        per-record path (metadata wait, partitioner, accumulator) was a visible share of the
-        submit path's CPU. A full builder is sent and a new one started; the first record of
-        an empty builder always fits, whatever its size."""
         producer = self._producer
         partitions: dict[str, list[int]] = {}
-        builders: dict[tuple[str, int], Any] = {}
-        futures: list[asyncio.Future[Any]] = []
+        writer = BatchWriter(producer)
         for r in records:
             ids = partitions.get(r.topic)
             if ids is None:
                 ids = partitions[r.topic] = sorted(await producer.partitions_for(r.topic))
-            where = (r.topic, partition_for(r.key, ids))
-            builder = builders.get(where)
-            if builder is None:
-                builder = builders[where] = producer.create_batch()
-            if builder.append(key=r.key, value=r.value, timestamp=None, headers=r.headers) is None:
-                futures.append(await producer.send_batch(builder, where[0], partition=where[1]))
-                builder = builders[where] = producer.create_batch()
-                builder.append(key=r.key, value=r.value, timestamp=None, headers=r.headers)
-        for (topic, partition), builder in builders.items():
-            futures.append(await producer.send_batch(builder, topic, partition=partition))
-        return futures
+            writer.add(r.topic, partition_for(r.key, ids), r.key, r.value, r.headers)
+        return await writer.send()
