@@ -18,12 +18,13 @@ committed offsets so the batch is processed again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, ProducerFenced
 
 from connector.kafka.batches import BatchWriter
 from connector.kafka.partitioner import partition_for
@@ -39,19 +40,40 @@ class CheckpointError(Exception):
 
 
 class Checkpoint:
-    """Commits a batch's outputs and offsets atomically through a transactional producer."""
+    """Commits a batch's outputs and offsets atomically through a transactional producer.
 
-    def __init__(self, producer: AIOKafkaProducer, group_id: str) -> None:
+    A fenced producer (the broker aborted a transaction that outlived
+    ``transaction_timeout_ms``, e.g. during a long broker stall, or another instance took
+    the same transactional id) cannot be used again: with ``renew`` the checkpoint replaces
+    it before the next transaction (the new producer's ``init_transactions`` aborts whatever
+    was left open) instead of failing the role for good.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        group_id: str,
+        *,
+        renew: Callable[[], AIOKafkaProducer] | None = None,
+    ) -> None:
         self._producer = producer
         self._group_id = group_id
+        self._renew_with = renew
+        self._broken = False
         self.commits = 0
         self.aborts = 0
+        self.renewals = 0
+
+    async def close(self) -> None:
+        await self._producer.stop()
 
     async def commit(
         self, records: Sequence[OutRecord], offsets: Mapping[TopicPartition, int]
     ) -> None:
         if not records and not offsets:
             return
+        if self._broken:
+            await self._renew()
         producer = self._producer
         await producer.begin_transaction()
         try:
@@ -65,15 +87,39 @@ class Checkpoint:
                 if isinstance(result, BaseException):
                     raise result
             await producer.commit_transaction()
+        except ProducerFenced as exc:
+            self.aborts += 1
+            self._broken = True  # no abort possible: the broker ended the transaction already
+            log.error("checkpoint failed, transactional producer fenced: %s", exc)
+            raise CheckpointError(str(exc)) from exc
         except (TimeoutError, KafkaError, OSError) as exc:
             self.aborts += 1
             log.warning("checkpoint aborted: %s", exc)
             try:
                 await producer.abort_transaction()
-            except (KafkaError, OSError) as abort_exc:  # the producer may be fenced or closed
+            except Exception as abort_exc:  # noqa: BLE001 - fenced, closed or in a fatal state
                 log.warning("abort after failed checkpoint also failed: %s", abort_exc)
+                self._broken = True
             raise CheckpointError(str(exc)) from exc
         self.commits += 1
+
+    async def _renew(self) -> None:
+        """Replace the unusable producer; CheckpointError when that fails too (try again later)."""
+        if self._renew_with is None:
+            raise CheckpointError("the transactional producer is fenced and cannot be replaced")
+        with contextlib.suppress(Exception):
+            await self._producer.stop()
+        producer = self._renew_with()
+        try:
+            await producer.start()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise CheckpointError(f"replacing the transactional producer failed: {exc}") from exc
+        self._producer = producer
+        self._broken = False
+        self.renewals += 1
+        log.warning("transactional producer replaced after it was fenced")
 
     async def _send_batches(self, records: Sequence[OutRecord]) -> list[asyncio.Future[Any]]:
         producer = self._producer

@@ -1,8 +1,8 @@
 """The lifecycle shared by the consume→produce roles (submitter, resolver).
 
-Each role owns one consumer in its group and one transactional producer. Closing order:
-the consumer first (it leaves the group, so its partitions move on), then whatever the role
-adds, then the producer (after the last transaction). ``close`` is safe to call twice.
+Each role owns one consumer in its group and a checkpoint with its transactional producer.
+Closing order: the consumer first (it leaves the group, so its partitions move on), then
+whatever the role adds, the checkpoint's producer last. ``close`` is safe to call twice.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
+
+from connector.kafka.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,17 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
 
 
 class TransactionalRole:
-    """Holds a role's consumer, producer and stop flag."""
+    """Holds a role's consumer and stop flag."""
 
     def __init__(self) -> None:
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._checkpoint: Checkpoint | None = None
         self._stopping = asyncio.Event()
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        assert self._checkpoint is not None, "start() first"
+        return self._checkpoint
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -58,10 +65,7 @@ class TransactionalRole:
     async def _close(self, *between: Callable[[], Awaitable[None]]) -> None:
         self._stopping.set()
         consumer, self._consumer = self._consumer, None
-        producer, self._producer = self._producer, None
         if consumer is not None:
             await stop_consumer(consumer)
         for step in between:
             await step()
-        if producer is not None:
-            await producer.stop()

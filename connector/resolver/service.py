@@ -93,11 +93,16 @@ class Resolver(TransactionalRole):
         return all(self.table.ready(tp.partition) for tp in consumer.assignment())
 
     async def start(self) -> None:
-        self._producer = make_transactional_producer(self._s.kafka, role="resolver")
-        await self._producer.start()
-        self._pipeline = CommitPipeline(
-            Checkpoint(self._producer, self.group_id), on_committed=self._committed
+        kafka = self._s.kafka
+        producer = make_transactional_producer(kafka, role="resolver")
+        await producer.start()
+        # The checkpoint owns the producer from here (it may replace it when fenced).
+        self._checkpoint = Checkpoint(
+            producer,
+            self.group_id,
+            renew=lambda: make_transactional_producer(kafka, role="resolver"),
         )
+        self._pipeline = CommitPipeline(self._checkpoint, on_committed=self._committed)
         self._pipeline.start()
         await self.table.start()
         self._consumer = make_consumer(
@@ -115,8 +120,12 @@ class Resolver(TransactionalRole):
         await self._close(self._stop_pipeline, self.table.stop)
 
     async def _stop_pipeline(self) -> None:
+        """The committer, then the checkpoint's producer (after the last transaction)."""
         if self._pipeline is not None:
             await self._pipeline.stop()
+        checkpoint, self._checkpoint = self._checkpoint, None
+        if checkpoint is not None:
+            await checkpoint.close()
 
     @property
     def pipeline(self) -> CommitPipeline:
@@ -133,7 +142,7 @@ class Resolver(TransactionalRole):
             self.waiting.clear()
             self.processed.clear()
             self._staged_offsets.clear()
-            await self.table.assign([])
+            await self.table.restore_again([])  # the next assignment restores it
 
     async def lagging_partitions(self) -> set[int]:
         """Partitions with callbacks fetched position < end: records not joined yet, among
@@ -284,8 +293,7 @@ class Resolver(TransactionalRole):
             else:
                 consumer.seek(tp, committed)
         # Rows resolved in the aborted transaction must come back: reload the table.
-        await self.table.assign([])
-        await self.table.assign(tp.partition for tp in tps)
+        await self.table.restore_again(tp.partition for tp in tps)
 
 
 async def drain_resolver(resolver: Resolver, task: asyncio.Task[None], deadline: float) -> None:

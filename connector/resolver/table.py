@@ -131,6 +131,17 @@ class RequestTable:
             log.info("restoring request table partitions %s", sorted(new))
             self._changed.set()
 
+    async def restore_again(self, partitions: Iterable[int]) -> None:
+        """Forget every row and every resolved id, then restore ``partitions`` from the log.
+
+        After an aborted transaction: requests it resolved (in memory only) must come back,
+        and the ids it remembered as resolved must not make their callbacks look like late
+        duplicates. The committed tombstones, re-read while restoring, rebuild that memory.
+        """
+        await self.assign([])
+        self._resolved.clear()
+        await self.assign(partitions)
+
     def ready(self, partition: int) -> bool:
         return partition in self._ready
 

@@ -83,11 +83,15 @@ class Submitter(TransactionalRole):
 
     async def start(self) -> None:
         kafka = self._s.kafka
-        self._producer = make_transactional_producer(kafka, role="submitter")
-        await self._producer.start()
-        self._pipeline = CommitPipeline(
-            Checkpoint(self._producer, self.group_id), on_committed=self._committed
+        producer = make_transactional_producer(kafka, role="submitter")
+        await producer.start()
+        # The checkpoint owns the producer from here (it may replace it when fenced).
+        self._checkpoint = Checkpoint(
+            producer,
+            self.group_id,
+            renew=lambda: make_transactional_producer(kafka, role="submitter"),
         )
+        self._pipeline = CommitPipeline(self._checkpoint, on_committed=self._committed)
         self._pipeline.start()
         self._consumer = make_consumer(
             kafka,
@@ -105,8 +109,12 @@ class Submitter(TransactionalRole):
         await self._close(self._stop_pipeline)
 
     async def _stop_pipeline(self) -> None:
+        """The committer, then the checkpoint's producer (after the last transaction)."""
         if self._pipeline is not None:
             await self._pipeline.stop()
+        checkpoint, self._checkpoint = self._checkpoint, None
+        if checkpoint is not None:
+            await checkpoint.close()
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
