@@ -1,4 +1,4 @@
-"""Webhook path: one gateway process, load from other processes (issue 6).
+"""Webhook path: one gateway process per HTTP server, load from other processes (issue 6).
 
 (a) Max rate: ``wrk`` (closed loop, keep-alive connections) replays distinct, validly signed
 ``request.completed`` deliveries from a file (``bench.loadgen_webhooks bodies``). Figures:
@@ -8,6 +8,10 @@ CPU µs per accepted webhook (from /proc over the measured window).
 
 (b) Ack latency at 50 % and 90 % of that max: ``bench.loadgen_webhooks fixed`` sends open
 loop at a fixed rate and measures from each request's scheduled send time.
+
+Both HTTP servers (``gateway.http_server``) run in the same run, interleaved: the default
+(built-in) one under the figure names above, uvicorn's with "(uvicorn HTTP server)" and the
+ratios between them (the machine is shared, so the ratios are the stable part).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -232,89 +237,127 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 6
     raise RuntimeError("gateway not ready")
 
 
+SERVERS = ("builtin", "uvicorn")  # gateway.http_server; the default's figures keep their names
+
+
+@dataclass
+class Gateway:
+    """One gateway process with one HTTP server, and what was measured on it."""
+
+    server: str
+    run: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    counter: TopicCounter
+    accepted: list[float] = field(default_factory=list)
+    durable: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+    wrk_p99: list[float] = field(default_factory=list)
+    lat: dict[float, dict[str, list[float]]] = field(default_factory=dict)
+
+
+def start_gateway(env: BenchEnv, server: str) -> Gateway:
+    run = run_id(f"wh-{server}")
+    port = free_port()
+    gateway = {"port": port, "signature": "required", "http_server": server}
+    config = connector_config(env, run, "http://127.0.0.1:9", gateway=gateway)
+    proc = start_connector(env, config, role="gateway")
+    return Gateway(
+        server, run, f"http://127.0.0.1:{port}", proc, TopicCounter(env.bootstrap, f"cb-{run}")
+    )
+
+
+async def max_rate(env: BenchEnv, gw: Gateway, rep: int, guess: float, seconds: int) -> None:
+    prefix = f"{gw.run}-m{rep}"
+    bodies = env.tmp / f"{prefix}.txt"
+    write_bodies(bodies, prefix, int(guess * seconds * 1.5) + 1000)
+    mark = await gw.counter.mark()
+    cpu0 = cpu_seconds(gw.proc.pid)
+    result = await run_wrk(env, gw.url, bodies, seconds)
+    cpu1 = cpu_seconds(gw.proc.pid)
+    await asyncio.sleep(1.0)  # in-flight produces at wrk's stop finish
+    records, distinct = await gw.counter.count(mark, (prefix + "-").encode())
+    duration = result["duration_us"] / 1e6
+    ok = result["requests"] - result["non2xx"]
+    gw.accepted.append(ok / duration)
+    gw.durable.append(distinct / duration)
+    gw.cpu_us.append((cpu1 - cpu0) * 1e6 / max(ok, 1))
+    gw.wrk_p99.append(result["p99_us"] / 1000)
+    print(
+        f"  {gw.server} max-rate run {rep}: {result} → {ok / duration:,.0f}/s 2xx, "
+        f"{records} records ({distinct} distinct) durable, "
+        f"{gw.cpu_us[-1]:.0f} µs CPU/webhook",
+        flush=True,
+    )
+    bodies.unlink()
+
+
 async def run(env: BenchEnv) -> list[Figure]:
     ensure_wrk()
-    run = run_id("wh")
-    port = free_port()
-    config = connector_config(
-        env, run, "http://127.0.0.1:9", gateway={"port": port, "signature": "required"}
-    )
-    url = f"http://127.0.0.1:{port}"
-    gateway = start_connector(env, config, role="gateway")
     seconds = env.scale(10, 5)
     warm_seconds = env.scale(4, 2)
-    accepted: list[float] = []
-    durable: list[float] = []
-    cpu_us: list[float] = []
-    wrk_p99: list[float] = []
-    lat: dict[float, dict[str, list[float]]] = {
-        0.5: {"p50": [], "p99": []},
-        0.9: {"p50": [], "p99": []},
-    }
-    counter = TopicCounter(env.bootstrap, f"cb-{run}")
+    gateways = [start_gateway(env, server) for server in SERVERS]
     try:
-        await wait_ready(url, gateway)
-        await counter.start()
-        warm = env.tmp / f"{run}-warm.txt"
-        write_bodies(warm, f"{run}-warm", 30_000)
+        for gw in gateways:
+            await wait_ready(gw.url, gw.proc)
+            await gw.counter.start()
+        warm = env.tmp / f"{gateways[0].run}-warm.txt"
+        write_bodies(warm, f"{gateways[0].run}-warm", 30_000)
         guess = 0.0
         for rep in range(env.repeats):
-            warm_result = await run_wrk(env, url, warm, warm_seconds)
-            guess = max(guess, warm_result["requests"] / (warm_result["duration_us"] / 1e6))
-            prefix = f"{run}-m{rep}"
-            bodies = env.tmp / f"{prefix}.txt"
-            write_bodies(bodies, prefix, int(guess * seconds * 1.5) + 1000)
-            mark = await counter.mark()
-            cpu0 = cpu_seconds(gateway.pid)
-            result = await run_wrk(env, url, bodies, seconds)
-            cpu1 = cpu_seconds(gateway.pid)
-            await asyncio.sleep(1.0)  # in-flight produces at wrk's stop finish
-            records, distinct = await counter.count(mark, (prefix + "-").encode())
-            duration = result["duration_us"] / 1e6
-            ok = result["requests"] - result["non2xx"]
-            accepted.append(ok / duration)
-            durable.append(distinct / duration)
-            cpu_us.append((cpu1 - cpu0) * 1e6 / max(ok, 1))
-            wrk_p99.append(result["p99_us"] / 1000)
-            print(
-                f"  max-rate run {rep}: {result} → {ok / duration:,.0f}/s 2xx, "
-                f"{records} records ({distinct} distinct) durable, "
-                f"{cpu_us[-1]:.0f} µs CPU/webhook",
-                flush=True,
-            )
-            bodies.unlink()
-        max_rate = sorted(accepted)[len(accepted) // 2]
+            # Interleaved, first one then the other first, so that drift on a shared machine
+            # (and the broker's work after a run) does not land on one server.
+            for gw in gateways[:: 1 if rep % 2 == 0 else -1]:
+                warm_result = await run_wrk(env, gw.url, warm, warm_seconds)
+                guess = max(guess, warm_result["requests"] / (warm_result["duration_us"] / 1e6))
+                await max_rate(env, gw, rep, guess, seconds)
         for rep in range(env.repeats):
-            for share in (0.5, 0.9):
-                rate = max_rate * share
-                got = await run_fixed(url, f"{run}-f{share}-{rep}", rate, seconds)
-                lat[share]["p50"].append(got["p50_ms"])
-                lat[share]["p99"].append(got["p99_ms"])
-                print(f"  fixed {share:.0%} of max ({rate:,.0f}/s) run {rep}: {got}", flush=True)
+            for gw in gateways[:: -1 if rep % 2 == 0 else 1]:
+                # The default at 50 % and 90 % of its max; the others at 50 % of theirs.
+                for share in (0.5, 0.9) if gw is gateways[0] else (0.5,):
+                    rate = sorted(gw.accepted)[len(gw.accepted) // 2] * share
+                    got = await run_fixed(gw.url, f"{gw.run}-f{share}-{rep}", rate, seconds)
+                    lat = gw.lat.setdefault(share, {"p50": [], "p99": []})
+                    lat["p50"].append(got["p50_ms"])
+                    lat["p99"].append(got["p99_ms"])
+                    print(
+                        f"  {gw.server} fixed {share:.0%} of max ({rate:,.0f}/s) run {rep}: {got}",
+                        flush=True,
+                    )
     finally:
-        await counter.stop()
-        stop(gateway)
-    note = f"wrk -c{CONNECTIONS}, closed loop, {seconds} s"
-    figures = [
-        Figure(SCENARIO, "max rate, acked 2xx", "webhooks/s", accepted, ">= 5000", note=note),
+        for gw in gateways:
+            await gw.counter.stop()
+            stop(gw.proc)
+    return figures(gateways, seconds)
+
+
+def figures(gateways: list[Gateway], seconds: int) -> list[Figure]:
+    default, others = gateways[0], gateways[1:]
+    wrk = f"wrk -c{CONNECTIONS}, closed loop, {seconds} s"
+    out = [
+        Figure(
+            SCENARIO, "max rate, acked 2xx", "webhooks/s", default.accepted, ">= 5000", note=wrk
+        ),
         Figure(
             SCENARIO,
             "max rate, durable on hitl.callbacks",
             "webhooks/s",
-            durable,
+            default.durable,
             ">= 5000",
             note="read_committed count of the measured run's request ids",
         ),
-        Figure(SCENARIO, "gateway CPU per webhook", "µs", cpu_us, "<= 150", "lower"),
-        Figure(SCENARIO, "ack p99 at max rate (closed loop)", "ms", wrk_p99, better="lower"),
+        Figure(SCENARIO, "gateway CPU per webhook", "µs", default.cpu_us, "<= 150", "lower"),
+        Figure(
+            SCENARIO, "ack p99 at max rate (closed loop)", "ms", default.wrk_p99, better="lower"
+        ),
     ]
-    for share, values in lat.items():
+    for share, values in default.lat.items():
         pct = f"{share:.0%}"
         note = "open loop, from scheduled send time"
-        figures.append(
+        out.append(
             Figure(SCENARIO, f"ack p50 at {pct} of max", "ms", values["p50"], None, "lower", note)
         )
-        figures.append(
+        out.append(
             Figure(
                 SCENARIO,
                 f"ack p99 at {pct} of max",
@@ -325,4 +368,20 @@ async def run(env: BenchEnv) -> list[Figure]:
                 note,
             )
         )
-    return figures
+    for gw in others:
+        name = f"({gw.server} HTTP server)"
+        ratio = [a / b for a, b in zip(default.accepted, gw.accepted, strict=True)]
+        cpu_ratio = [a / b for a, b in zip(default.cpu_us, gw.cpu_us, strict=True)]
+        out += [
+            Figure(SCENARIO, f"max rate, acked 2xx {name}", "webhooks/s", gw.accepted, note=wrk),
+            Figure(SCENARIO, f"gateway CPU per webhook {name}", "µs", gw.cpu_us, better="lower"),
+            Figure(SCENARIO, f"ack p99 at max rate (closed loop) {name}", "ms", gw.wrk_p99,
+                   better="lower"),
+            Figure(SCENARIO, f"ack p99 at 50% of max {name}", "ms", gw.lat[0.5]["p99"],
+                   better="lower", note="open loop, at 50 % of its own max"),
+            Figure(SCENARIO, f"max rate {default.server} ÷ {gw.server}", "×", ratio,
+                   note="same repetition, interleaved"),
+            Figure(SCENARIO, f"CPU per webhook {default.server} ÷ {gw.server}", "×", cpu_ratio,
+                   better="lower"),
+        ]  # fmt: skip
+    return out

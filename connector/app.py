@@ -140,7 +140,7 @@ class ConnectorApp:
         )
         webhook_sink = self.sink if "gateway" in self.roles else None
         http = GatewayApp(config, webhook_sink, metrics=self.metrics, ready=self.ready)
-        self.gateway = GatewayServer(http, g.host, g.port)
+        self.gateway = GatewayServer(http, g.host, g.port, g.http_server)
 
     def ready(self) -> bool:
         """Kafka producer and consumers ready (the gateway's /readyz)."""

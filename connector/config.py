@@ -228,6 +228,8 @@ class GatewaySettings(_Section):
     secrets: list[SecretStr] = Field(default_factory=list)
     token_secret: SecretStr | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # HTTP server: `builtin` (lean HTTP/1.1 server, least CPU per webhook) or `uvicorn`.
+    http_server: Literal["builtin", "uvicorn"] = "builtin"
 
 
 class ResolverSettings(_Section):

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
 from connector.config import Settings
 from connector.kafka.admin import partition_ids
@@ -135,7 +136,15 @@ async def offsets(bootstrap: str, group: str, topic: str) -> Snapshot:
     try:
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        for attempt in range(50):
+            try:
+                committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+                break
+            except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+                # A fresh broker creates __consumer_offsets on the first lookup.
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await consumer.stop()
         await admin.close()
