@@ -13,7 +13,10 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
 
+from connector.config import KafkaSettings
 from connector.kafka.checkpoint import Checkpoint
+from connector.kafka.clients import make_transactional_producer
+from connector.kafka.pipeline import CommitPipeline, Staged
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,35 @@ class TransactionalRole:
     def __init__(self) -> None:
         self._consumer: AIOKafkaConsumer | None = None
         self._checkpoint: Checkpoint | None = None
+        self._pipeline: CommitPipeline | None = None
         self._stopping = asyncio.Event()
 
     @property
     def checkpoint(self) -> Checkpoint:
         assert self._checkpoint is not None, "start() first"
         return self._checkpoint
+
+    @property
+    def pipeline(self) -> CommitPipeline:
+        assert self._pipeline is not None, "start() first"
+        return self._pipeline
+
+    async def _start_committing(
+        self,
+        kafka: KafkaSettings,
+        role: str,
+        group_id: str,
+        on_committed: Callable[[list[Staged]], None],
+    ) -> None:
+        """The transactional producer, the checkpoint that owns it from here (and replaces
+        it when fenced), and the commit pipeline."""
+        producer = make_transactional_producer(kafka, role=role)
+        await producer.start()
+        self._checkpoint = Checkpoint(
+            producer, group_id, renew=lambda: make_transactional_producer(kafka, role=role)
+        )
+        self._pipeline = CommitPipeline(self._checkpoint, on_committed=on_committed)
+        self._pipeline.start()
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -69,3 +95,9 @@ class TransactionalRole:
             await stop_consumer(consumer)
         for step in between:
             await step()
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            await pipeline.stop()
+        checkpoint, self._checkpoint = self._checkpoint, None
+        if checkpoint is not None:
+            await checkpoint.close()  # its producer, after the last transaction

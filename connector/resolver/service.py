@@ -27,9 +27,8 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from connector.config import Settings
-from connector.kafka.checkpoint import Checkpoint
-from connector.kafka.clients import make_consumer, make_transactional_producer
-from connector.kafka.pipeline import CommitPipeline, Failure, Staged
+from connector.kafka.clients import make_consumer
+from connector.kafka.pipeline import Failure, Staged
 from connector.kafka.role import TransactionalRole
 from connector.metrics import Metrics
 from connector.records import OutRecord
@@ -75,7 +74,6 @@ class Resolver(TransactionalRole):
         self.batch_lock = asyncio.Lock()
         self.waiting: dict[TopicPartition, OrderedDict[int, _Waiting]] = {}
         self.processed: dict[TopicPartition, int] = {}
-        self._pipeline: CommitPipeline | None = None
         self._failures = 0
         self._staged_offsets: dict[TopicPartition, int] = {}  # the last offsets handed over
         self.batches = 0
@@ -94,16 +92,7 @@ class Resolver(TransactionalRole):
 
     async def start(self) -> None:
         kafka = self._s.kafka
-        producer = make_transactional_producer(kafka, role="resolver")
-        await producer.start()
-        # The checkpoint owns the producer from here (it may replace it when fenced).
-        self._checkpoint = Checkpoint(
-            producer,
-            self.group_id,
-            renew=lambda: make_transactional_producer(kafka, role="resolver"),
-        )
-        self._pipeline = CommitPipeline(self._checkpoint, on_committed=self._committed)
-        self._pipeline.start()
+        await self._start_committing(kafka, "resolver", self.group_id, self._committed)
         await self.table.start()
         self._consumer = make_consumer(
             self._s.kafka,
@@ -117,20 +106,7 @@ class Resolver(TransactionalRole):
 
     async def stop(self) -> None:
         """Consumer, then the table, then the producer; safe to call twice."""
-        await self._close(self._stop_pipeline, self.table.stop)
-
-    async def _stop_pipeline(self) -> None:
-        """The committer, then the checkpoint's producer (after the last transaction)."""
-        if self._pipeline is not None:
-            await self._pipeline.stop()
-        checkpoint, self._checkpoint = self._checkpoint, None
-        if checkpoint is not None:
-            await checkpoint.close()
-
-    @property
-    def pipeline(self) -> CommitPipeline:
-        assert self._pipeline is not None, "start() first"
-        return self._pipeline
+        await self._close(self.table.stop)
 
     async def settle(self) -> None:
         """Wait until every staged batch is committed; after a failure, restore the table

@@ -24,9 +24,8 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from connector.config import Settings
-from connector.kafka.checkpoint import Checkpoint
-from connector.kafka.clients import make_consumer, make_transactional_producer
-from connector.kafka.pipeline import CommitPipeline, Failure, Staged
+from connector.kafka.clients import make_consumer
+from connector.kafka.pipeline import Failure, Staged
 from connector.kafka.role import TransactionalRole
 from connector.metrics import Metrics
 from connector.submitter.batch import BatchProcessor, BatchStats, CreateClient
@@ -72,7 +71,6 @@ class Submitter(TransactionalRole):
         self.batch_lock = asyncio.Lock()
         self.stats = BatchStats()
         self._paused_until: dict[TopicPartition, float] = {}
-        self._pipeline: CommitPipeline | None = None
         self._failures = 0
         self._last_fetch = 0.0  # monotonic time the last fetch returned
         self.batches = 0
@@ -83,16 +81,7 @@ class Submitter(TransactionalRole):
 
     async def start(self) -> None:
         kafka = self._s.kafka
-        producer = make_transactional_producer(kafka, role="submitter")
-        await producer.start()
-        # The checkpoint owns the producer from here (it may replace it when fenced).
-        self._checkpoint = Checkpoint(
-            producer,
-            self.group_id,
-            renew=lambda: make_transactional_producer(kafka, role="submitter"),
-        )
-        self._pipeline = CommitPipeline(self._checkpoint, on_committed=self._committed)
-        self._pipeline.start()
+        await self._start_committing(kafka, "submitter", self.group_id, self._committed)
         self._consumer = make_consumer(
             kafka,
             role="submitter",
@@ -106,15 +95,7 @@ class Submitter(TransactionalRole):
 
     async def stop(self) -> None:
         """Close the consumer (leaving the group) and the producer; safe to call twice."""
-        await self._close(self._stop_pipeline)
-
-    async def _stop_pipeline(self) -> None:
-        """The committer, then the checkpoint's producer (after the last transaction)."""
-        if self._pipeline is not None:
-            await self._pipeline.stop()
-        checkpoint, self._checkpoint = self._checkpoint, None
-        if checkpoint is not None:
-            await checkpoint.close()
+        await self._close()
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
@@ -132,11 +113,6 @@ class Submitter(TransactionalRole):
             if batch:
                 await self._handle(batch)
         await self.settle()
-
-    @property
-    def pipeline(self) -> CommitPipeline:
-        assert self._pipeline is not None, "start() first"
-        return self._pipeline
 
     async def settle(self) -> None:
         """Wait until every staged batch is committed (or failed: then it is read again)."""
