@@ -96,15 +96,11 @@ class CommitPipeline:
             await task
 
     @property
-    def failed(self) -> bool:
-        return self._failure is not None
-
-    @property
     def idle(self) -> bool:
         return not self._staged and not self._in_flight
 
     def stage(self, staged: Staged) -> None:
-        """Queue a batch for the next transaction (the role checks ``failed`` first)."""
+        """Queue a batch for the next transaction (the role takes any failure first)."""
         assert self._failure is None, "take_failure() before staging more"
         self._staged.append(staged)
         self._wakeup.set()
@@ -167,9 +163,6 @@ class CommitPipeline:
                     self._changed.set()
 
     async def _commit(self, group: list[Staged]) -> None:
-        if len(group) == 1:
-            await self._checkpoint.commit(group[0].outputs, group[0].offsets)
-            return
         outputs: list[OutRecord] = []
         offsets: dict[TopicPartition, int] = {}
         for staged in group:

@@ -16,7 +16,8 @@ from aiokafka import AIOKafkaConsumer
 from connector.config import KafkaSettings
 from connector.kafka.checkpoint import Checkpoint
 from connector.kafka.clients import make_transactional_producer
-from connector.kafka.pipeline import CommitPipeline, Staged
+from connector.kafka.pipeline import CommitPipeline, Failure, Staged
+from connector.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,16 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
         await consumer._client.close()
 
 
+MAX_CONSECUTIVE_CHECKPOINT_FAILURES = 5
+
+
 class TransactionalRole:
     """Holds a role's consumer and stop flag."""
 
-    def __init__(self) -> None:
+    def __init__(self, role: str, metrics: Metrics | None) -> None:
+        self._role = role
+        self._m = metrics
+        self._failures = 0  # failed transactions in a row
         self._consumer: AIOKafkaConsumer | None = None
         self._checkpoint: Checkpoint | None = None
         self._pipeline: CommitPipeline | None = None
@@ -58,15 +65,29 @@ class TransactionalRole:
         assert self._pipeline is not None, "start() first"
         return self._pipeline
 
+    def _count_abort(self) -> None:
+        if self._m is not None:
+            self._m.transactions.labels(self._role, "abort").inc()
+
+    def _failed_transaction(self, failure: Failure) -> None:
+        """Count it; after too many in a row give up (the role fails, the app exits)."""
+        self._count_abort()
+        self._failures += 1
+        if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
+            raise failure.error
+
+    async def _back_off(self) -> None:
+        await asyncio.sleep(min(5.0, 0.2 * 2**self._failures))
+
     async def _start_committing(
         self,
         kafka: KafkaSettings,
-        role: str,
         group_id: str,
         on_committed: Callable[[list[Staged]], None],
     ) -> None:
         """The transactional producer, the checkpoint that owns it from here (and replaces
         it when fenced), and the commit pipeline."""
+        role = self._role
         producer = make_transactional_producer(kafka, role=role)
         await producer.start()
         self._checkpoint = Checkpoint(

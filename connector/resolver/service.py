@@ -37,8 +37,6 @@ from connector.resolver.table import RequestTable
 
 log = logging.getLogger(__name__)
 
-MAX_CONSECUTIVE_CHECKPOINT_FAILURES = 5
-
 
 @dataclass(slots=True)
 class _Waiting:
@@ -66,9 +64,8 @@ class Resolver(TransactionalRole):
     """Consumes callbacks in a group and joins them with the co-partitioned request table."""
 
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
-        super().__init__()
+        super().__init__("resolver", metrics)
         self._s = settings
-        self._m = metrics
         self.table = RequestTable(settings)
         self.joiner = Joiner(settings, self.table)
         self.batch_lock = asyncio.Lock()
@@ -92,7 +89,7 @@ class Resolver(TransactionalRole):
 
     async def start(self) -> None:
         kafka = self._s.kafka
-        await self._start_committing(kafka, "resolver", self.group_id, self._committed)
+        await self._start_committing(kafka, self.group_id, self._committed)
         await self.table.start()
         self._consumer = make_consumer(
             self._s.kafka,
@@ -211,16 +208,9 @@ class Resolver(TransactionalRole):
         if failure is None:
             return
         self.joiner.discard_stats()
-        self._count_abort()
-        self._failures += 1
-        if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
-            raise failure.error
+        self._failed_transaction(failure)
         await self._rewind()
-        await asyncio.sleep(min(5.0, 0.2 * 2**self._failures))
-
-    def _count_abort(self) -> None:
-        if self._m is not None:
-            self._m.transactions.labels("resolver", "abort").inc()
+        await self._back_off()
 
     def _committed(self, group: list[Staged]) -> None:
         self._failures = 0

@@ -33,7 +33,6 @@ from connector.submitter.batch import BatchProcessor, BatchStats, CreateClient
 log = logging.getLogger(__name__)
 
 DEFAULT_PAUSE_SECONDS = 5.0
-MAX_CONSECUTIVE_CHECKPOINT_FAILURES = 5
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -63,9 +62,8 @@ class Submitter(TransactionalRole):
         callback_url_for: Callable[[str], str | None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__("submitter", metrics)
         self._s = settings
-        self._m = metrics
         self._processor = BatchProcessor(settings, client, callback_url_for=callback_url_for)
         self._blocked_until = blocked_until or (lambda: None)
         self.batch_lock = asyncio.Lock()
@@ -81,7 +79,7 @@ class Submitter(TransactionalRole):
 
     async def start(self) -> None:
         kafka = self._s.kafka
-        await self._start_committing(kafka, "submitter", self.group_id, self._committed)
+        await self._start_committing(kafka, self.group_id, self._committed)
         self._consumer = make_consumer(
             kafka,
             role="submitter",
@@ -175,19 +173,12 @@ class Submitter(TransactionalRole):
         """After a failed transaction: read every uncommitted batch again, after a backoff."""
         if failure is None:
             return
-        self._count_abort()
-        self._failures += 1
-        if self._failures >= MAX_CONSECUTIVE_CHECKPOINT_FAILURES:
-            raise failure.error
+        self._failed_transaction(failure)
         assigned = self.consumer.assignment()
         for tp, offset in failure.rewind_to(extra).items():
             if tp in assigned:
                 self.consumer.seek(tp, offset)
-        await asyncio.sleep(min(5.0, 0.2 * 2**self._failures))
-
-    def _count_abort(self) -> None:
-        if self._m is not None:
-            self._m.transactions.labels("submitter", "abort").inc()
+        await self._back_off()
 
     def _committed(self, group: list[Staged]) -> None:
         self._failures = 0
