@@ -19,7 +19,7 @@ from typing import Any
 
 from connector.config import Settings
 from connector.errors import ConfigError
-from connector.gateway.app import GatewayApp, GatewayConfig
+from connector.gateway.app import GatewayApp, GatewayConfig, check_gateway_config
 from connector.gateway.server import GatewayServer
 from connector.gateway.sink import KafkaCallbackSink
 from connector.hitl.client import HitlClient
@@ -45,13 +45,22 @@ def resolve_roles(role: str) -> list[str]:
     return [role]
 
 
-def token_secret(settings: Settings) -> bytes | None:
+def token_secrets(settings: Settings) -> tuple[bytes, ...]:
+    """The callback token secrets (the first signs), falling back to the webhook secrets."""
     g = settings.gateway
-    if g.token_secret is not None:
-        return g.token_secret.get_secret_value().encode()
-    if g.secrets:
-        return g.secrets[0].get_secret_value().encode()
-    return None
+    values = g.token_secrets or g.secrets
+    return tuple(v for v in (s.get_secret_value().encode() for s in values) if v)
+
+
+def gateway_config(settings: Settings) -> GatewayConfig:
+    g = settings.gateway
+    return GatewayConfig(
+        signature_mode=g.signature,
+        secrets=tuple(s.get_secret_value().encode() for s in g.secrets),
+        token_secrets=token_secrets(settings),
+        max_body_bytes=g.max_body_bytes,
+        callback_signature=g.callback_signature,
+    )
 
 
 def check_runnable(settings: Settings, roles: Iterable[str]) -> None:
@@ -62,13 +71,13 @@ def check_runnable(settings: Settings, roles: Iterable[str]) -> None:
             "HITL_API_KEY is not set: export it (or HITL_API_KEY_FILE pointing at a file "
             "holding it); the submitter and the reconciler cannot call HITL.sh without it"
         )
-    if settings.gateway.public_url and token_secret(settings) is None:
+    if settings.gateway.public_url and not token_secrets(settings):
         raise ConfigError(
             "gateway.public_url is set but there is no secret to sign callback URLs: set "
             "HITL_CALLBACK_TOKEN_SECRET (or HITL_WEBHOOK_SECRET)"
         )
-    if settings.gateway.signature == "required" and not settings.gateway.secrets:
-        raise ConfigError("gateway.signature=required needs HITL_WEBHOOK_SECRET")
+    if "gateway" in roles:
+        check_gateway_config(gateway_config(settings))
     if "submitter" in roles and not settings.loops.default and not settings.loops.routes:
         log.warning(
             "loops.default is unset and there are no routing rules: events without a "
@@ -99,11 +108,12 @@ class ConnectorApp:
         self.gateway: GatewayServer | None = None
         self.sink: KafkaCallbackSink | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        secret = token_secret(settings)
+        secrets = token_secrets(settings)
         public = settings.gateway.public_url
         if "submitter" in self.roles:
             callback_url_for = None
-            if public and secret:
+            if public and secrets:
+                secret = secrets[0]  # the first signs; every one verifies (rotation)
                 base = public.rstrip("/") + "/webhooks/hitl/cb/"
 
                 def callback_url_for(event_id: str) -> str | None:
@@ -132,12 +142,7 @@ class ConnectorApp:
             )
         # Every role serves /healthz, /readyz and /metrics; only the gateway role takes webhooks.
         g = settings.gateway
-        config = GatewayConfig(
-            signature_mode=g.signature,
-            secrets=tuple(s.get_secret_value().encode() for s in g.secrets),
-            token_secret=secret,
-            max_body_bytes=g.max_body_bytes,
-        )
+        config = gateway_config(settings)
         webhook_sink = self.sink if "gateway" in self.roles else None
         http = GatewayApp(config, webhook_sink, metrics=self.metrics, ready=self.ready)
         self.gateway = GatewayServer(http, g.host, g.port, g.http_server)

@@ -4,7 +4,8 @@ Sources, highest priority first: environment variables (``HITL_CONNECTOR_`` pref
 nesting), the YAML file given with ``--config``, then the defaults below. Secrets come only from
 the environment or from files: ``HITL_API_KEY`` (or ``HITL_API_KEY_FILE``) and
 ``HITL_WEBHOOK_SECRET`` (comma-separated for rotation, or ``HITL_WEBHOOK_SECRET_FILE``),
-``HITL_CALLBACK_TOKEN_SECRET[_FILE]`` and ``HITL_KAFKA_SASL_PASSWORD[_FILE]``.
+``HITL_CALLBACK_TOKEN_SECRET[_FILE]`` (comma-separated too; the first signs) and
+``HITL_KAFKA_SASL_PASSWORD[_FILE]``.
 
 Unknown keys and bad values fail at start with a message naming the key (see ``load_settings``).
 This module validates; it does not connect to anything.
@@ -224,12 +225,42 @@ class GatewaySettings(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - a server must be reachable; operators narrow it.
     port: int = Field(default=8080, ge=0, le=65_535)
     public_url: str | None = None
-    signature: Literal["required", "if-present", "off"] = "if-present"
+    # /webhooks/hitl: `required` (only a valid signature), `accept-unsigned` (also no signature
+    # at all; a forged delivery without one is accepted), `accept-any` (nothing checked).
+    signature: Literal["required", "accept-unsigned", "accept-any"] = "required"
     secrets: list[SecretStr] = Field(default_factory=list)
-    token_secret: SecretStr | None = None
+    # Callback URL tokens: the first value signs, every value verifies (rotation). Without
+    # one, the webhook secrets are used.
+    token_secrets: list[SecretStr] = Field(default_factory=list)
+    # /webhooks/hitl/cb/<token>: `token` (the token authenticates; a signature that cannot be
+    # checked is counted and logged) or `token-and-signature` (a valid signature too).
+    callback_signature: Literal["token", "token-and-signature"] = "token"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # HTTP server: `builtin` (lean HTTP/1.1 server, least CPU per webhook) or `uvicorn`.
     http_server: Literal["builtin", "uvicorn"] = "builtin"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """Old spellings: ``token_secret`` (one value) and the modes that were renamed."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "token_secret" in data:
+            old = data.pop("token_secret")
+            if old is not None and "token_secrets" not in data:
+                text = old.get_secret_value() if isinstance(old, SecretStr) else old
+                values = text.split(",") if isinstance(text, str) else text
+                data["token_secrets"] = [v.strip() for v in values if str(v).strip()]
+        mode = data.get("signature")
+        renamed = {"if-present": "accept-unsigned", "off": "accept-any"}
+        if isinstance(mode, str) and mode in renamed:
+            raise ValueError(
+                f"gateway.signature={mode} was renamed {renamed[mode]} (it accepts "
+                f"{'unsigned' if mode == 'if-present' else 'any'} deliveries on /webhooks/hitl); "
+                "the default, required, accepts only a valid signature"
+            )
+        return data
 
 
 class ResolverSettings(_Section):
@@ -392,7 +423,9 @@ def load_settings(
         }
     token_secret = _read_secret("HITL_CALLBACK_TOKEN_SECRET", environ)
     if token_secret:
-        secrets.setdefault("gateway", {})["token_secret"] = token_secret
+        secrets.setdefault("gateway", {})["token_secrets"] = [
+            s.strip() for s in token_secret.split(",") if s.strip()
+        ]
     sasl_password = _read_secret("HITL_KAFKA_SASL_PASSWORD", environ)
     if sasl_password:
         secrets["kafka"] = {"sasl_password": sasl_password}

@@ -129,14 +129,21 @@ NOTES: dict[str, str] = {
         "`callback_url` under it."
     ),
     "gateway.signature": (
-        "Webhook signatures: `required`, `if-present` (reject only bad ones) or `off`."
+        "Signatures on `/webhooks/hitl`: `required` (only a valid one), `accept-unsigned` "
+        "(also none at all; warned at start) or `accept-any` (nothing checked; warned)."
+    ),
+    "gateway.callback_signature": (
+        "On `/webhooks/hitl/cb/<token>`: `token` (the token authenticates; a signature no "
+        "secret verifies is counted and logged) or `token-and-signature` (both required)."
     ),
     "gateway.secrets": (
         "Webhook signing secrets, all accepted (rotation). Set with `HITL_WEBHOOK_SECRET` "
         "(comma-separated) or `HITL_WEBHOOK_SECRET_FILE`."
     ),
-    "gateway.token_secret": (
-        "Key of the callback URL tokens. Set with `HITL_CALLBACK_TOKEN_SECRET` (or `_FILE`)."
+    "gateway.token_secrets": (
+        "Keys of the callback URL tokens: the first signs, every one verifies (rotation). Set "
+        "with `HITL_CALLBACK_TOKEN_SECRET` (comma-separated) or `_FILE`; without it the "
+        "webhook secrets are used."
     ),
     "gateway.max_body_bytes": "Larger webhook bodies get 413.",
     "resolver.restore_timeout_seconds": "Longest wait to load the request table at assignment.",
@@ -165,8 +172,8 @@ SECRETS = [
     ),
     (
         "HITL_CALLBACK_TOKEN_SECRET",
-        "gateway.token_secret",
-        "Key of the per-request `callback_url` tokens.",
+        "gateway.token_secrets",
+        "Keys of the per-request `callback_url` tokens, comma-separated; the first signs.",
     ),
 ]
 

@@ -1,12 +1,15 @@
 """The gateway's ASGI application: webhook receiver, health and readiness (design §5).
 
-Stateless. A delivery is verified (signature and/or callback token), parsed, normalized, and
-produced to ``hitl.callbacks`` keyed by ``request_id``; only when Kafka acknowledged it
-(idempotent producer, acks=all) does the sender get its 2xx. Answers:
+Stateless. A delivery is authenticated (signature on ``/webhooks/hitl``, the URL token on
+``/webhooks/hitl/cb/<token>``), parsed, normalized, and produced to ``hitl.callbacks`` keyed
+by ``request_id``; only when Kafka acknowledged it (idempotent producer, acks=all) does the
+sender get its 2xx. An authenticated delivery is never dropped: one that cannot be parsed, names
+an unknown event or an unknown status is kept with its raw bytes and a reason on the unmatched
+topic (``sink.publish_unusable``) and answered 200. Answers:
 
-- 200 accepted (durable) or ignored (well-formed but not about a request);
-- 400 invalid JSON or a malformed request event; 401 bad or missing signature / token;
-- 404 unknown path; 405 wrong method; 413 body over the limit; 415 not JSON;
+- 200 accepted (durable), kept (durable, unusable) or ignored (a documented non-request event);
+- 401 bad or missing signature / token; 404 unknown path; 405 wrong method; 413 body over the
+  limit (no 415: an authenticated body that is not JSON is kept like any unusable one);
 - 503 + ``Retry-After`` when Kafka cannot take the record, so HITL.sh retries.
 
 Never 500 on input: every parse path is guarded. A plain ASGI app (no framework) because this
@@ -24,7 +27,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from connector.hitl.payloads import Ignored, MalformedPayload, normalize_webhook
+from connector.errors import ConfigError
+from connector.hitl.payloads import Ignored, MalformedPayload, normalize_webhook, request_id_hint
 from connector.hitl.signing import SIGNATURE_HEADERS, SignatureCheck, decide, verify_signature
 from connector.hitl.tokens import read_callback_token
 from connector.metrics import Metrics
@@ -48,7 +52,20 @@ class CallbackSink(Protocol):
         self, request_id: str, callback: dict[str, Any], payload: Any, token_event_id: str | None
     ) -> None: ...
 
+    async def publish_unusable(
+        self, raw: bytes, unusable: Unusable, *, request_id: str | None, token_event_id: str | None
+    ) -> None: ...
+
     def ready(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """Why an authenticated delivery could not be used: a bounded ``reason`` and a detail."""
+
+    reason: str  # invalid_json | malformed | unknown_event | unknown_status
+    detail: str
+    via: str  # webhook | callback
 
 
 class SinkUnavailable(Exception):
@@ -82,10 +99,40 @@ class GatewayStats:
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    signature_mode: str = "if-present"
+    """``token_secrets``: the first signs callback URLs, each verifies (rotation)."""
+
+    signature_mode: str = "required"
     secrets: tuple[bytes, ...] = ()
-    token_secret: bytes | None = None
+    token_secrets: tuple[bytes, ...] = ()
     max_body_bytes: int = 1024 * 1024
+    callback_signature: str = "token"
+
+
+def check_gateway_config(config: GatewayConfig) -> None:
+    """Refuse a gateway that would accept decisions nothing authenticates; warn about the
+    modes that accept unsigned deliveries. Raises ``ConfigError`` naming the settings."""
+    if not any(config.secrets) and not any(config.token_secrets):
+        raise ConfigError(
+            "the gateway has no webhook secret and no callback token secret, so nothing would "
+            "authenticate the decisions it accepts: set HITL_WEBHOOK_SECRET (gateway.secrets, "
+            "the secret HITL.sh signs webhooks with) and/or HITL_CALLBACK_TOKEN_SECRET "
+            "(gateway.token_secrets, signs the per-request callback URLs)"
+        )
+    if config.signature_mode == "accept-unsigned":
+        log.warning(
+            "gateway.signature=accept-unsigned: /webhooks/hitl accepts deliveries without a "
+            "signature, so anyone who can reach it can post a decision; use required"
+        )
+    elif config.signature_mode == "accept-any":
+        log.warning(
+            "gateway.signature=accept-any: /webhooks/hitl checks no signature at all, so anyone "
+            "who can reach it can post a decision; use required"
+        )
+    elif not any(config.secrets):
+        log.info(
+            "no webhook secret (HITL_WEBHOOK_SECRET): /webhooks/hitl refuses every delivery; "
+            "decisions arrive through callback URLs and polling"
+        )
 
 
 _SIGNATURE_HEADERS = frozenset(name.encode() for name in SIGNATURE_HEADERS)
@@ -222,7 +269,7 @@ class GatewayApp:
         # One pass over the raw headers (the server gives lowercase names), keeping only what
         # is used: the signature headers, content type and length (the last one of each wins).
         signature_headers: dict[str, str] = {}
-        raw_ctype = b"application/json"
+        raw_ctype = b""
         content_length: bytes | None = None
         for raw_name, raw_value in scope.get("headers", ()):
             name = raw_name.lower()
@@ -232,41 +279,39 @@ class GatewayApp:
                 content_length = raw_value
             elif name in _SIGNATURE_HEADERS:
                 signature_headers[name.decode("latin-1")] = raw_value.decode("latin-1")
-        ctype = raw_ctype.decode("latin-1").split(";", 1)[0].strip().lower()
-        if ctype != "application/json" and not ctype.endswith("+json"):
-            self.stats.count("unsupported_media_type")
-            return (*_json_body(415, {"error": "content-type must be application/json"}), None)
         token_event_id: str | None = None
         if path.startswith(CALLBACK_PREFIX):
             token = path[len(CALLBACK_PREFIX) :]
-            secret = self.config.token_secret
-            token_event_id = read_callback_token(token, secret) if secret else None
+            token_event_id = read_callback_token(token, self.config.token_secrets)
             if token_event_id is None:
                 self.stats.count("bad_token")
                 return (*_json_body(401, {"error": "invalid callback token"}), None)
+        # No 415: the content type is not authenticated, and an authenticated body is judged
+        # by what it is (a body that is not JSON is kept with its type in the detail).
+        ctype = raw_ctype.decode("latin-1").split(";", 1)[0].strip().lower()[:80]
+        if not ctype.isprintable():
+            ctype = repr(ctype)[1:-1]
         body = await self._read_body(receive, content_length)
         if body is None:
             self.stats.count("too_large")
             return (*_json_body(413, {"error": "body too large"}), None)
         check = verify_signature(body, signature_headers, self.config.secrets)
-        accepted = decide(check, self.config.signature_mode)  # type: ignore[arg-type]
-        if token_event_id is not None and check is SignatureCheck.MISSING:
-            # HITL.sh does not sign callback_url deliveries; their URL token authenticates them.
-            accepted = True
-        if not accepted:
-            self.stats.count("bad_signature")
-            what = "missing" if check is SignatureCheck.MISSING else "invalid"
-            return (*_json_body(401, {"error": f"{what} signature"}), None)
+        refused = self._refused(check, token_event_id)
+        if refused is not None:
+            return refused
+        via = "callback" if token_event_id is not None else "webhook"
         try:
             payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            self.stats.count("malformed")
-            return (*_json_body(400, {"error": "invalid JSON"}), None)
+        except orjson.JSONDecodeError as exc:
+            detail = f"not JSON ({ctype or 'no content type'}): {exc}"
+            kept = Unusable("invalid_json", detail, via)
+            return await self._keep(body, kept, None, token_event_id)
         try:
             normalized = normalize_webhook(payload)
         except MalformedPayload as exc:
-            self.stats.count("malformed")
-            return (*_json_body(400, {"error": str(exc)[:200]}), None)
+            hint = request_id_hint(payload)
+            kept = Unusable(exc.reason, str(exc)[:200], via)
+            return await self._keep(body, kept, hint, token_event_id)
         if isinstance(normalized, Ignored):
             self.stats.count("ignored")
             return (*_json_body(200, {"status": "ignored", "reason": normalized.reason}), None)
@@ -276,9 +321,56 @@ class GatewayApp:
                 normalized.request_id, normalized.to_json(), payload, token_event_id
             )
         except SinkUnavailable as exc:
-            self.stats.count("unavailable")
-            log.warning("webhook not accepted, Kafka unavailable: %s", exc)
-            retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
-            return (*_json_body(503, {"error": "temporarily unavailable"}), retry)
+            return self._unavailable(exc)
         self.stats.count("accepted")
         return 200, _ACCEPTED, None
+
+    def _refused(
+        self, check: SignatureCheck, token_event_id: str | None
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]] | None] | None:
+        """The 401 for a delivery that is not authenticated, or None when it is."""
+        if token_event_id is None:
+            accepted = decide(check, self.config.signature_mode)  # type: ignore[arg-type]
+        elif self.config.callback_signature == "token-and-signature":
+            accepted = check is SignatureCheck.VALID
+        else:
+            # The token authenticates. A signature we cannot check (no secret, or none of ours
+            # matches: HITL.sh signs with a secret we may not have) is counted, not refused.
+            accepted = True
+            if check is SignatureCheck.INVALID:
+                self.stats.count("unverified_signature")
+                log.warning(
+                    "callback delivery with a valid token carries a signature no configured "
+                    "webhook secret verifies; accepted on the token",
+                    extra={"event_id": token_event_id},
+                )
+        if accepted:
+            return None
+        self.stats.count("bad_signature")
+        what = "missing" if check is SignatureCheck.MISSING else "invalid"
+        return (*_json_body(401, {"error": f"{what} signature"}), None)
+
+    async def _keep(
+        self, raw: bytes, unusable: Unusable, request_id: str | None, token_event_id: str | None
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]] | None]:
+        """Make an authenticated but unusable delivery durable with its reason; then 200."""
+        assert self.sink is not None
+        try:
+            await self.sink.publish_unusable(
+                raw, unusable, request_id=request_id, token_event_id=token_event_id
+            )
+        except SinkUnavailable as exc:
+            return self._unavailable(exc)
+        self.stats.count(f"kept_{unusable.reason}")
+        log.warning(
+            "authenticated webhook kept on the unmatched topic: %s",
+            unusable.reason,
+            extra={"reason": unusable.reason, "request_id": request_id, "via": unusable.via},
+        )
+        return (*_json_body(200, {"status": "kept", "reason": unusable.reason}), None)
+
+    def _unavailable(self, exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]] | None]:
+        self.stats.count("unavailable")
+        log.warning("webhook not accepted, Kafka unavailable: %s", exc)
+        retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+        return (*_json_body(503, {"error": "temporarily unavailable"}), retry)

@@ -18,6 +18,7 @@ linger (aiokafka keeps one produce request in flight per broker anyway).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -28,11 +29,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from connector.config import Settings
-from connector.gateway.app import SinkUnavailable
+from connector.gateway.app import SinkUnavailable, Unusable
 from connector.kafka.batches import BatchWriter
 from connector.kafka.clients import make_producer
 from connector.kafka.partitioner import murmur2
 from connector.records import SCHEMA_CALLBACK, base_headers, iso_now
+
+SCHEMA_CALLBACK_RAW = "hitl.callback.raw.v1"
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,43 @@ def callback_value(
     )
 
 
+def unusable_value(
+    raw: bytes,
+    unusable: Unusable,
+    request_id: str | None,
+    token_event_id: str | None,
+    received_at: float,
+) -> bytes:
+    """A kept delivery: the ``hitl.callbacks`` envelope with ``callback`` null and the raw
+    body (UTF-8 text, or base64 when it is not UTF-8), so that once the cause is fixed a replay
+    into ``hitl.callbacks`` is normalized again by the resolver (``parse_callback_value``)."""
+    try:
+        text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return orjson.dumps(
+        {
+            "v": 1,
+            "request_id": request_id,
+            "callback": None,
+            "via": unusable.via,
+            "token_event_id": token_event_id,
+            "received_at": iso_now(received_at),
+            "received_ts": received_at,
+            "reason": unusable.reason,
+            "detail": unusable.detail,
+            "raw": text,
+            "raw_encoding": encoding,
+        }
+    )
+
+
 class KafkaCallbackSink:
     """Publishes callbacks in batches with an idempotent producer; tracks whether Kafka answers."""
 
     def __init__(self, settings: Settings, *, timeout_seconds: float = 5.0) -> None:
         self._topic = settings.topics.callbacks
+        self._unmatched = settings.topics.unmatched
         self._kafka = settings.kafka
         self._timeout = timeout_seconds
         self._producer: AIOKafkaProducer | None = None
@@ -142,6 +177,33 @@ class KafkaCallbackSink:
             self._wakeup.set()
         self._pending.append((partition, key, value, headers, future))
         await future
+
+    async def publish_unusable(
+        self,
+        raw: bytes,
+        unusable: Unusable,
+        *,
+        request_id: str | None,
+        token_event_id: str | None,
+    ) -> None:
+        """Keep an authenticated delivery that cannot be used on the unmatched topic; returns
+        once it is durable. Rare, so sent on its own rather than through the batching rounds."""
+        producer = self._producer
+        if producer is None:
+            raise SinkUnavailable("producer not started")
+        value = unusable_value(raw, unusable, request_id, token_event_id, time.time())
+        key = request_id.encode() if request_id is not None else None
+        headers = base_headers(SCHEMA_CALLBACK_RAW, request_id=request_id)
+        headers += [
+            ("error.reason", unusable.reason.encode()),
+            ("error.detail", unusable.detail.encode("utf-8", "replace")[:500]),
+        ]
+        try:
+            async with asyncio.timeout(self._timeout):
+                await producer.send_and_wait(self._unmatched, value, key=key, headers=headers)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            self._last_failure = time.monotonic()
+            raise SinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     # ---- the flusher ---------------------------------------------------------------------
 

@@ -4,9 +4,11 @@ Owns: reading every documented webhook payload shape (``hitl-api.md`` §4.3: P1 
 ``data.request``, P2/P3 flat, P4 ``data`` with ``decision``, P5 ``data`` with ``response_data``,
 P6 flat id plus ``data.request``) and every polled request object (GET ``data.request`` or
 ``data``, list items), with the field precedence of §7 item 11. Non-request events (``loop.*``,
-``user.*``, ``system.*``, ``api_key.*``, unknown ones) come back as ``Ignored``; request events
-that cannot be used raise ``MalformedPayload``. Nothing else is raised, and work is bounded: only
-fixed paths are read, and the one walk (the nesting check of carried values) is iterative.
+``user.*``, ``system.*``, ``api_key.*``) come back as ``Ignored``; unknown events, unknown
+statuses and request events that cannot be used raise ``MalformedPayload`` (with a ``reason``:
+the gateway keeps such a delivery, it does not drop it). Nothing else is raised, and work is
+bounded: only fixed paths are read, and the one walk (the nesting check of carried values) is
+iterative.
 Does not own: signatures (``hitl.signing``), turning an answer into a decision
 (``resolver.answers``), or JSON parsing of the body (the gateway).
 """
@@ -24,6 +26,9 @@ MAX_ID_CHARS: Final = 256
 MAX_VALUE_DEPTH: Final = 64
 _MAX_TEXT: Final = 256
 TERMINAL_STATUSES: Final = frozenset({"completed", "timeout", "cancelled"})
+KNOWN_STATUSES: Final = TERMINAL_STATUSES | {"pending", "claimed", "assigned", "escalated"}
+# Documented event families that are not about a request's progress (acknowledged, dropped).
+_OTHER_FAMILIES: Final = ("loop.", "user.", "system.", "api_key.", "webhook.")
 _STATUS_ALIASES: Final = {"timed_out": "timeout", "canceled": "cancelled"}
 _STATUS_WORD: Final = re.compile(r"[a-z][a-z0-9_]{0,39}")
 # Request events we know; anything else under ``request.`` is ignored, not an error.
@@ -44,7 +49,23 @@ _PROGRESS_KEYS: Final = ("assigned_at", "claimed_at", "escalated_at")
 
 
 class MalformedPayload(ValueError):
-    """A request payload we cannot use; the message names the problem (for a 400 and logs)."""
+    """A request payload we cannot use; the message names the problem. ``reason`` is the
+    bounded label the gateway keeps it under (``malformed``, ``unknown_event``,
+    ``unknown_status``)."""
+
+    reason: str = "malformed"
+
+
+class UnknownEvent(MalformedPayload):
+    """An event the connector does not know (neither a request event nor a documented family)."""
+
+    reason = "unknown_event"
+
+
+class UnknownStatus(MalformedPayload):
+    """A status the connector does not know, or a terminal event whose status contradicts it."""
+
+    reason = "unknown_status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +159,8 @@ def _request_id(value: Any, where: str) -> str:
         raise MalformedPayload(f"{where}: request id is empty")
     if len(value) > MAX_ID_CHARS:
         raise MalformedPayload(f"{where}: request id is longer than {MAX_ID_CHARS} characters")
+    if not value.isprintable():
+        raise MalformedPayload(f"{where}: request id contains control characters")
     return value
 
 
@@ -265,10 +288,10 @@ def normalize_webhook(payload: Any) -> NormalizedCallback | Ignored:
     event_status: str | None = None
     if event is not None:
         name = event.strip().lower()
-        if not name.startswith("request."):
+        if name.startswith(_OTHER_FAMILIES):
             return Ignored(f"event {event[:80]!r} is not about a request", event[:_MAX_TEXT])
         if name not in _EVENT_STATUS:
-            return Ignored(f"unknown request event {event[:80]!r}", event[:_MAX_TEXT])
+            raise UnknownEvent(f"unknown event {event[:80]!r}")
         event, event_status = name, _EVENT_STATUS[name]
 
     data = _obj(payload.get("data"), "data")
@@ -284,6 +307,12 @@ def normalize_webhook(payload: Any) -> NormalizedCallback | Ignored:
 
     raw_status, _ = _first((payload, "status"), (data, "status"), (request, "status"))
     status = _status(raw_status, "status")
+    if status is not None and status not in KNOWN_STATUSES:
+        raise UnknownStatus(f"unknown status {status!r} (event {event or 'none'})")
+    if event_status in TERMINAL_STATUSES and status is not None and status not in TERMINAL_STATUSES:
+        # A terminal event is judged by its name: a progress status under it is a contradiction
+        # (kept, not read as progress, which would drop the decision).
+        raise UnknownStatus(f"status {status!r} contradicts event {event}")
     if status is None or (event_status == "escalated" and status not in TERMINAL_STATUSES):
         # The payload's own status wins (§7 item 11), except that an escalation stays visible
         # as a status unless the request has meanwhile ended.
@@ -364,3 +393,20 @@ def normalize_request_object(obj: Any) -> NormalizedCallback:
         response_time_seconds=_seconds(obj.get("response_time_seconds")),
         default_response=_carried(obj.get("default_response"), "default_response"),
     )
+
+
+def request_id_hint(payload: Any) -> str | None:
+    """Best effort: the request id a body names, for keying a delivery that cannot be used
+    (so a replay lands on the request's partition). ``None`` unless it is a clean id."""
+    if not isinstance(payload, dict):
+        return None
+    data = payload.get("data")
+    data = data if isinstance(data, dict) else None
+    request = data.get("request") if data is not None else None
+    request = request if isinstance(request, dict) else None
+    raw, _ = _first((payload, "request_id"), (data, "request_id"), (request, "id"))
+    if isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) < 10**64:
+        raw = str(raw)
+    if isinstance(raw, str) and 0 < len(raw) <= MAX_ID_CHARS and raw.isprintable():
+        return raw
+    return None

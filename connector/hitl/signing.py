@@ -2,7 +2,8 @@
 
 Owns: computing a signature (``sign``, for senders such as the sandbox), checking the
 ``X-HITL-Signature-256: sha256=<hex>`` (S1) and ``X-HITL-Signature: <hex>`` (S2) headers against
-every configured secret (rotation), and the ``required | if-present | off`` acceptance rule.
+every configured secret (rotation), and the ``required | accept-unsigned | accept-any``
+acceptance rule.
 Does not own: reading the body or answering HTTP (the gateway), or the per-request callback
 URL token (``hitl.tokens``). Nothing here raises on hostile headers; garbage is ``INVALID``.
 """
@@ -16,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
-SignatureMode = Literal["required", "if-present", "off"]
+SignatureMode = Literal["required", "accept-unsigned", "accept-any"]
 
 # Lookup order: the API reference's header first, then the global-webhooks page's.
 SIGNATURE_HEADERS: Final = ("x-hitl-signature-256", "x-hitl-signature")
@@ -105,10 +106,10 @@ def verify_signature(
 
 
 def decide(check: SignatureCheck, mode: SignatureMode) -> bool:
-    """Whether to accept a delivery: ``required`` → only VALID; ``if-present`` → VALID or
-    MISSING; ``off`` → always. An unknown mode fails closed (only VALID)."""
-    if mode == "off":
+    """Whether to accept a delivery: ``required`` → only VALID; ``accept-unsigned`` → VALID or
+    MISSING; ``accept-any`` → always. An unknown mode fails closed (only VALID)."""
+    if mode == "accept-any":
         return True
-    if mode == "if-present":
+    if mode == "accept-unsigned":
         return check is not SignatureCheck.INVALID
     return check is SignatureCheck.VALID

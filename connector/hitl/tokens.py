@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from typing import Final
 
 # Fits any event id the submitter accepts (256 characters, up to 4 UTF-8 bytes each).
@@ -67,20 +68,30 @@ def make_callback_token(event_id: str, secret: bytes | str) -> str:
     return token
 
 
-def read_callback_token(token: str, secret: bytes | str) -> str | None:
-    """The event id ``token`` carries if its MAC verifies under ``secret``; ``None`` for
-    anything else (wrong secret, tampering, malformed or oversized input). Never raises."""
+def read_callback_token(token: str, secret: bytes | str | Sequence[bytes | str]) -> str | None:
+    """The event id ``token`` carries if its MAC verifies under ``secret`` (or any of several,
+    for rotation); ``None`` for anything else (wrong or rotated-out secret, tampering, malformed
+    or oversized input). Empty secrets never verify. Never raises."""
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
         return None
-    key = _key(secret) if isinstance(secret, bytes | str) else b""
+    if isinstance(secret, bytes | str):
+        keys = [_key(secret)]
+    elif isinstance(secret, Sequence):
+        keys = [_key(s) for s in secret if isinstance(s, bytes | str)]
+    else:
+        keys = []
+    keys = [k for k in keys if k]
     id_part, dot, mac_part = token.partition(".")
-    if not key or not dot:
+    if not keys or not dot:
         return None
     raw = _unb64(id_part)
     mac = _unb64(mac_part)
     if not raw or mac is None or len(mac) != _MAC_BYTES:
         return None
-    if not hmac.compare_digest(_mac(raw, key), mac):
+    valid = False
+    for key in keys:  # no early exit: timing does not say which secret matched
+        valid |= hmac.compare_digest(_mac(raw, key), mac)
+    if not valid:
         return None
     try:
         return raw.decode("utf-8")

@@ -9,6 +9,8 @@ or must wait (the submitter's transaction may not be visible yet).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import Any, Final
 import orjson
 
 from connector.config import Settings
-from connector.hitl.payloads import NormalizedCallback
+from connector.hitl.payloads import NormalizedCallback, normalize_webhook
 from connector.metrics import Metrics
 from connector.records import (
     SCHEMA_DECISION,
@@ -108,7 +110,11 @@ def parse_callback_value(value: bytes | None) -> ParsedCallback | None:
         data: Any = orjson.loads(value)
         if not isinstance(data, dict):
             return None
-        callback = NormalizedCallback.from_json(data["callback"])
+        if data.get("callback") is None and isinstance(data.get("raw"), str):
+            callback = _renormalized(data)  # a kept delivery, replayed once its cause is fixed
+            data["request_id"] = callback.request_id
+        else:
+            callback = NormalizedCallback.from_json(data["callback"])
         token = data.get("token_event_id")
         received = data.get("received_ts")
         return ParsedCallback(
@@ -118,8 +124,19 @@ def parse_callback_value(value: bytes | None) -> ParsedCallback | None:
             token_event_id=str(token) if token is not None else None,
             received_ts=float(received) if isinstance(received, int | float) else None,
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error):
         return None
+
+
+def _renormalized(data: dict[str, Any]) -> NormalizedCallback:
+    """The raw body of a kept delivery (``gateway.sink.unusable_value``), normalized now.
+    Raises ``ValueError`` (incl. ``MalformedPayload``) when it still cannot be used."""
+    raw = data["raw"]
+    body = base64.b64decode(raw, validate=True) if data.get("raw_encoding") == "base64" else raw
+    result = normalize_webhook(orjson.loads(body))
+    if not isinstance(result, NormalizedCallback):
+        raise ValueError(result.reason)
+    return result
 
 
 class Joiner:

@@ -97,9 +97,24 @@ def _event_id(obj: dict[str, Any], key: bytes | None, source: SourceRef) -> str:
             event_id = key.hex()
     else:
         event_id = f"{source.topic}:{source.partition}:{source.offset}"
-    if len(event_id) > MAX_ID_CHARS:
-        raise InvalidEvent(REASON_SCHEMA, f"id is longer than {MAX_ID_CHARS} characters")
-    return event_id
+    where = "id" if raw is not None and str(raw).strip() else "id (from the record key)"
+    return _safe_token(event_id, where)
+
+
+def _safe_token(value: str, where: str) -> str:
+    """``value`` if it may go into an HTTP header, URL or log line: at most ``MAX_ID_CHARS``
+    characters, none of them a control, format or line/paragraph separator character (CR/LF
+    in an id would otherwise add a header to the create request: it is the Idempotency-Key)."""
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidEvent(REASON_SCHEMA, f"{where} is longer than {MAX_ID_CHARS} characters")
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        raise InvalidEvent(
+            REASON_SCHEMA,
+            f"{where} contains the control character U+{ord(bad):04X} at position "
+            f"{value.index(bad)} (ids go into HTTP headers and URLs)",
+        )
+    return value
 
 
 def _check_analysis(analysis: dict[str, Any] | None) -> None:
@@ -171,7 +186,7 @@ def parse_event(
         content_type=content_type,
         hitl_type=hitl_type,
         priority=priority,
-        loop_id=loop_id.strip() if loop_id and loop_id.strip() else None,
+        loop_id=_safe_token(loop_id.strip(), "loop_id") if loop_id and loop_id.strip() else None,
         image_url=image_url,
         ai_analysis=analysis,
         metadata=_opt_obj(obj, "metadata"),

@@ -16,8 +16,11 @@ from connector.hitl.payloads import (
     Ignored,
     MalformedPayload,
     NormalizedCallback,
+    UnknownEvent,
+    UnknownStatus,
     normalize_request_object,
     normalize_webhook,
+    request_id_hint,
 )
 
 RID = "65f1234567890abcdef12348"
@@ -347,17 +350,43 @@ def test_p6_handoff_flat_id_and_nested_request() -> None:
         "system.error",
         "api_key.limit_exceeded",
         "api_key.quota_warning",
-        "turn.resolved",
-        "review.completed",
-        "request.reassigned_somewhere",
-        "",
-        "x" * 10_000,
     ],
 )
-def test_non_request_and_unknown_events_are_ignored(event: str) -> None:
+def test_documented_non_request_events_are_ignored(event: str) -> None:
     result = normalize_webhook({"event": event, "data": {"request_id": RID}})
     assert isinstance(result, Ignored)
     assert len(result.reason) < 200
+
+
+@pytest.mark.parametrize(
+    "event", ["turn.resolved", "review.completed", "request.reassigned_somewhere", "", "x" * 10_000]
+)
+def test_unknown_events_raise_unknown_event_to_be_kept(event: str) -> None:
+    with pytest.raises(UnknownEvent) as caught:
+        normalize_webhook({"event": event, "data": {"request_id": RID}})
+    assert caught.value.reason == "unknown_event"
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("status", ["answered", "resolved", "failed", "pending", "claimed"])
+def test_terminal_event_with_unknown_or_progress_status_is_unknown_status(status: str) -> None:
+    payload = {"event": "request.completed", "data": {"request_id": RID, "status": status}}
+    with pytest.raises(UnknownStatus) as caught:
+        normalize_webhook(payload)
+    assert caught.value.reason == "unknown_status"
+    assert status in str(caught.value)
+
+
+def test_unknown_status_without_event_is_unknown_status_not_progress() -> None:
+    with pytest.raises(UnknownStatus):
+        normalize_webhook({"request_id": RID, "status": "answered"})
+
+
+def test_request_id_with_control_characters_is_malformed() -> None:
+    with pytest.raises(MalformedPayload, match="control characters"):
+        normalize_webhook({"event": "request.completed", "request_id": "r\r\nX: y"})
+    assert request_id_hint({"request_id": "r\nx"}) is None
+    assert request_id_hint({"data": {"request": {"id": 42}}}) == "42"
 
 
 def test_escalated_event_shows_as_status_unless_already_terminal() -> None:
@@ -372,7 +401,7 @@ def test_status_precedence_top_level_then_data_then_request() -> None:
     payload = {
         "event": "request.completed",
         "status": "timeout",
-        "data": {"status": "cancelled", "request": {"id": "r", "status": "claimed"}},
+        "data": {"status": "cancelled", "request": {"id": "r", "status": "completed"}},
     }
     assert webhook(payload).status == "timeout"
     del payload["status"]
