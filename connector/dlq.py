@@ -163,15 +163,18 @@ async def replay(
     dry_run: bool = False,
     show: int = 10,
     out: TextIO = sys.stdout,
+    source: str | None = None,
 ) -> ReplaySummary:
-    """Replay the DLQ records ``flt`` selects to ``to`` (default: the input topic)."""
-    dlq_topic, target = settings.topics.dlq, to or settings.topics.input
+    """Replay the DLQ records ``flt`` selects to ``to`` (default: the input topic). ``source``
+    reads another dead-letter topic instead, e.g. the unmatched topic into ``hitl.callbacks``
+    (webhooks the gateway kept as unusable, once the connector can read them)."""
+    dlq_topic, target = source or settings.topics.dlq, to or settings.topics.input
     if target == dlq_topic:
         raise ConfigError(f"--to {target} is the DLQ topic itself; replay into another topic")
     summary = ReplaySummary(dlq_topic, target, dry_run)
     dlq_partitions = await partition_ids(settings, dlq_topic)
     for name, parts, what in (
-        (dlq_topic, dlq_partitions, "DLQ topic (topics.dlq)"),
+        (dlq_topic, dlq_partitions, "DLQ topic (topics.dlq or --from)"),
         (target, await partition_ids(settings, target), "target topic"),
     ):
         if not parts:
@@ -279,6 +282,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", type=_positive, metavar="N", help="replay at most N records")
     p.add_argument("--to", metavar="TOPIC", help="target topic (default: topics.input)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="TOPIC",
+        help="read this topic instead of topics.dlq (e.g. topics.unmatched --to topics.callbacks)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would be sent; send nothing")
     p.add_argument(
         "--show", type=_positive, default=10, metavar="N", help="dry run: list the first N (10)"
@@ -288,7 +297,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 async def run_from_args(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     unknown = sorted(set(args.reason) - set(DLQ_REASONS))
-    if unknown:
+    if unknown and getattr(args, "source", None) is None:
         print(
             f"note: the connector writes no reason {', '.join(unknown)} "
             f"(it writes {', '.join(DLQ_REASONS)})",
@@ -297,6 +306,13 @@ async def run_from_args(args: argparse.Namespace) -> int:
     flt = ReplayFilter(frozenset(args.reason), args.since, args.until, args.limit)
     if flt.since_ms is not None and flt.until_ms is not None and flt.since_ms >= flt.until_ms:
         raise ConfigError("--since must be before --until")
-    summary = await replay(settings, flt, to=args.to, dry_run=args.dry_run, show=args.show)
+    summary = await replay(
+        settings,
+        flt,
+        to=args.to,
+        dry_run=args.dry_run,
+        show=args.show,
+        source=getattr(args, "source", None),
+    )
     print(summary.format())
     return 0

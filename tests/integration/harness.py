@@ -80,8 +80,8 @@ def decision_settings(bootstrap: str, sandbox_url: str, **sections: Any) -> Sett
         "port": port,
         "public_url": f"http://127.0.0.1:{port}",
         "secrets": [WEBHOOK_SECRET],
-        "token_secret": "token-secret",
-        "signature": "if-present",
+        "token_secrets": ["token-secret"],
+        "signature": "required",
     }
     gateway.update(sections.pop("gateway", {}))
     resolver = {

@@ -114,9 +114,9 @@ async def run_and_check(
     [
         ("nested", "sha256", "required"),
         ("flat", "plain", "required"),
-        ("seed", "plain", "if-present"),
-        ("data_response", "none", "if-present"),
-        ("flat", "none", "off"),
+        ("seed", "plain", "accept-unsigned"),
+        ("data_response", "none", "accept-unsigned"),
+        ("flat", "none", "accept-any"),
     ],
 )
 async def test_every_payload_and_signature_style_gives_one_decision_each(
