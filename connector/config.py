@@ -253,6 +253,8 @@ class GatewaySettings(_Section):
                 values = text.split(",") if isinstance(text, str) else text
                 data["token_secrets"] = [v.strip() for v in values if str(v).strip()]
         mode = data.get("signature")
+        if mode is False:  # YAML reads a bare `off` as false
+            mode = "off"
         renamed = {"if-present": "accept-unsigned", "off": "accept-any"}
         if isinstance(mode, str) and mode in renamed:
             raise ValueError(

@@ -92,6 +92,11 @@ def hostile(run: str) -> list[Case]:
     for i, value in enumerate(["str", [1], 5, True]):
         bad(f"metadata-{i}", metadata=value)
     bad("loop-type", loop_id=5)
+    # Values that go into an HTTP header or URL (Idempotency-Key, the loop path): no CR/LF.
+    add("id-crlf", orjson.dumps({"id": f"{run}-a\r\nX-Injected: yes", "content": "c"}), "schema")
+    add("id-nul", orjson.dumps({"id": f"{run}-\u0000", "content": "c"}), "schema")
+    bad("loop-crlf", loop_id="loop\r\nX-Injected: yes")
+    add("key-crlf", orjson.dumps({"content": "c"}), "schema", key=f"{run}\r\nX: y".encode())
     # Too large for batch.max_event_bytes.
     add("large-20k", orjson.dumps(_event(f"{run}-l20", content="x" * 20_000)), "too_large")
     add("large-900k", orjson.dumps(_event(f"{run}-l900", content="y" * 900_000)), "too_large")

@@ -15,7 +15,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for name in list(os.environ):
-        if name.startswith(("HITL_CONNECTOR_", "HITL_API_KEY", "HITL_WEBHOOK_SECRET")):
+        if name.startswith(
+            ("HITL_CONNECTOR_", "HITL_API_KEY", "HITL_WEBHOOK_SECRET", "HITL_CALLBACK_TOKEN")
+        ):
             monkeypatch.delenv(name)
 
 
@@ -113,3 +115,27 @@ def test_unknown_env_keys_fail(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "absent.yaml")
+
+
+def test_signature_required_by_default_and_old_mode_names_explain_the_rename(
+    tmp_path: Path,
+) -> None:
+    s = load_settings()
+    assert s.gateway.signature == "required" and s.gateway.callback_signature == "token"
+    for old, new in (("if-present", "accept-unsigned"), ("off", "accept-any")):
+        cfg = tmp_path / f"{old}.yaml"
+        cfg.write_text(f"gateway:\n  signature: {old}\n")
+        with pytest.raises(ConfigError, match=f"renamed {new}"):
+            load_settings(cfg)
+
+
+def test_token_secrets_rotate_from_env_and_the_old_single_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HITL_CALLBACK_TOKEN_SECRET", "new-t, old-t")
+    s = load_settings()
+    assert [x.get_secret_value() for x in s.gateway.token_secrets] == ["new-t", "old-t"]
+    monkeypatch.delenv("HITL_CALLBACK_TOKEN_SECRET")
+    s = load_settings(overrides={"gateway": {"token_secret": "only"}})
+    assert [x.get_secret_value() for x in s.gateway.token_secrets] == ["only"]
+    assert "new-t" not in str(s.model_dump())

@@ -62,6 +62,11 @@ def test_id_falls_back_to_key_then_coordinates() -> None:
         ({"id": "a", "content": "x", "metadata": []}, "schema", "metadata"),
         ({"id": True, "content": "x"}, "schema", "id"),
         ({"id": "a" * 300, "content": "x"}, "schema", "longer"),
+        ({"id": "a\r\nX-Injected: yes", "content": "x"}, "schema", "U+000D at position 1"),
+        ({"id": "a\nb", "content": "x"}, "schema", "id contains the control character U+000A"),
+        ({"id": "a\u2028b", "content": "x"}, "schema", "U+2028"),
+        ({"id": "a\x00", "content": "x"}, "schema", "U+0000"),
+        ({"id": "a", "content": "x", "loop_id": "l\r\n1"}, "schema", "loop_id contains"),
     ],
 )
 def test_invalid_events_name_their_problem(value: object, reason: str, needle: str) -> None:
@@ -103,3 +108,13 @@ def test_any_bytes_either_parse_or_raise_invalid_event(raw: bytes) -> None:
     else:
         assert event.event_id
         assert event.hitl_type in {"markdown", "image"}
+
+
+def test_key_derived_id_with_control_characters_is_refused() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        parse({"content": "a"}, key=b"k\r\nX-Injected: yes")
+    assert info.value.reason == "schema" and "from the record key" in info.value.detail
+
+
+def test_printable_unicode_ids_pass() -> None:
+    assert parse({"id": "café-👍 1", "content": "a"}).event_id == "café-👍 1"

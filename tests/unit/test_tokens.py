@@ -98,3 +98,13 @@ _B64 = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_
 @given(token=st.text(max_size=80) | st.builds(lambda a, b: f"{a}.{b}", _B64, _B64))
 def test_property_garbage_never_raises_and_never_verifies(token: str) -> None:
     assert read_callback_token(token, SECRET) is None
+
+
+def test_rotation_any_listed_secret_verifies_a_retired_one_does_not() -> None:
+    old = make_callback_token("ev-r", b"old")
+    new = make_callback_token("ev-r", b"new")
+    assert read_callback_token(old, [b"new", b"old"]) == "ev-r"
+    assert read_callback_token(new, (b"new", "old")) == "ev-r"
+    assert read_callback_token(old, [b"new"]) is None
+    assert read_callback_token(new, []) is None
+    assert read_callback_token(new, [b"", b""]) is None
