@@ -3,8 +3,9 @@
 ``docs/gateway-openapi.yaml`` describes every route and status. The ``st`` CLI (in its own
 process, as a client would be) generates positive and negative requests for every operation
 and checks that none is answered with a server error other than the documented 503, and that
-every status is one the description lists. The gateway runs with signatures unchecked (accept-any), so the
-generated bodies reach the JSON parser and the payload normalizer (the signature checks
+every status is one the description lists. The gateway runs with signatures unchecked
+(accept-any), so the generated bodies reach the JSON parser and the payload normalizer (the
+signature checks
 have their own fuzz in ``test_gateway.py``). The test prints the number of requests sent and
 the number of 5xx answers (which must be 0).
 """
