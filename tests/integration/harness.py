@@ -64,7 +64,8 @@ def run_settings(
         "loops": {"default": loop_id},
         "batch": {"linger_ms": 20},
         # Every role serves /metrics; a free port keeps parallel apps apart.
-        "gateway": {"host": "127.0.0.1", "port": 0},
+        # A webhook secret: the gateway refuses to start with nothing to authenticate.
+        "gateway": {"host": "127.0.0.1", "port": 0, "secrets": [WEBHOOK_SECRET]},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
