@@ -19,6 +19,16 @@ import orjson
 from connector.config import Settings, load_settings
 from connector.errors import ConfigError, ConnectorError, HitlError
 
+# What `webhooks register` subscribes to: the terminal events (the decision), and claims and
+# escalations (published on the escalations topic), as documented (hitl-api.md §4.2).
+WEBHOOK_EVENTS = (
+    "request.completed",
+    "request.timeout",
+    "request.cancelled",
+    "request.claimed",
+    "request.escalated",
+)
+
 log = logging.getLogger("connector.cli")
 
 
@@ -198,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = hsub.add_parser("register", help="register a webhook (the seed's configure_webhook)")
     _add_config(p)
     p.add_argument("--url", required=True, help="public URL, e.g. https://host/webhooks/hitl")
-    p.add_argument("--events", default="request.completed,request.escalated")
+    p.add_argument(
+        "--events",
+        default=",".join(WEBHOOK_EVENTS),
+        help=f"comma-separated (default: {','.join(WEBHOOK_EVENTS)})",
+    )
     p.add_argument("--secret", help="signing secret (default: HITL_WEBHOOK_SECRET)")
     p.add_argument("--loop-id", default=None)
     p.set_defaults(func=cmd_webhooks_register)

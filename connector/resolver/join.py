@@ -36,7 +36,10 @@ from connector.resolver.table import RequestTable
 log = logging.getLogger(__name__)
 
 SCHEMA_ESCALATION: Final = "hitl.escalation.v1"
-NON_TERMINAL_JOINED: Final = frozenset({"claimed", "escalated", "assigned"})
+# Progress published on the escalations topic, each with its own ``kind``: a claim (someone
+# took the request) is not an escalation.
+PROGRESS_KIND: Final = {"claimed": "claim", "assigned": "assignment", "escalated": "escalation"}
+NON_TERMINAL_JOINED: Final = frozenset(PROGRESS_KIND)
 
 
 @dataclass(slots=True)
@@ -260,6 +263,7 @@ class Joiner:
         cb = parsed.callback
         value = {
             "schema": SCHEMA_ESCALATION,
+            "kind": PROGRESS_KIND.get(cb.status, "escalation"),
             "event": cb.event,
             "status": cb.status,
             "event_id": entry.event_id,

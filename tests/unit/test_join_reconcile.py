@@ -110,6 +110,10 @@ def test_unreadable_claimed_and_timeout() -> None:
         0, b"r1", webhook({"event": "request.claimed", "request_id": "r1", "status": "claimed"})
     )
     assert isinstance(claimed, list) and claimed[0].topic == "content.escalations"
+    assert orjson.loads(claimed[0].value or b"")["kind"] == "claim"
+    escalated = joiner.join(0, b"r1", webhook({"event": "request.escalated", "request_id": "r1"}))
+    assert isinstance(escalated, list) and escalated[0].topic == "content.escalations"
+    assert orjson.loads(escalated[0].value or b"")["kind"] == "escalation"
     timeout = {"event": "request.timeout", "data": {"request": {"id": "r2", "status": "timeout"}}}
     out = joiner.join(0, b"r2", webhook(timeout))
     assert isinstance(out, list)
@@ -191,3 +195,25 @@ def test_reconciler_stays_inside_its_budget_share() -> None:
     result = asyncio.run(rec.run_once(now=1_900_000_000.0))
     assert len(client.calls) == 20  # 20% of 100 calls per window
     assert result.budget_exhausted
+
+
+def test_a_kept_raw_delivery_replayed_into_callbacks_is_normalized_again() -> None:
+    from connector.gateway.app import Unusable
+    from connector.gateway.sink import unusable_value
+
+    joiner = Joiner(SETTINGS, table_with(entry("r1", "e1")))
+    body = orjson.dumps({"event": "request.completed", "request_id": "r1", "status": "completed"})
+    value = unusable_value(body, Unusable("unknown_status", "x", "callback"), "r1", "e1", 1.0)
+    out = joiner.join(0, b"r1", value)
+    assert isinstance(out, list) and out[0].topic == "content.decisions"
+    still_bad = unusable_value(b"\xff{", Unusable("invalid_json", "x", "webhook"), None, None, 1.0)
+    assert orjson.loads(still_bad)["raw_encoding"] == "base64"
+    again = joiner.join(0, None, still_bad)
+    assert isinstance(again, list) and dict(again[0].headers)["error.reason"] == b"unreadable"
+    other = unusable_value(body, Unusable("unknown_status", "x", "callback"), "r1", "e9", 1.0)
+    joiner2 = Joiner(SETTINGS, table_with(entry("r1", "e1")))
+    mismatch = joiner2.join(0, b"r1", other)
+    assert (
+        isinstance(mismatch, list)
+        and dict(mismatch[0].headers)["error.reason"] == b"token_mismatch"
+    )
