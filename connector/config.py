@@ -27,9 +27,12 @@ from pydantic_settings import (
 )
 
 from connector.errors import ConfigError
+from connector.response_types import check_config, check_default, effective_config
 
 Priority = Literal["low", "medium", "high", "critical"]
-ResponseType = Literal["single_select", "multi_select", "rating", "number", "text", "boolean"]
+ResponseType = Literal[
+    "single_select", "multi_select", "rating", "number", "text", "boolean", "editable_text"
+]
 
 
 class _Section(BaseModel):
@@ -178,13 +181,16 @@ class ReviewSettings(_Section):
         for prio, seconds in self.timeout_seconds.items():
             if not 60 <= seconds <= 86_400:
                 raise ValueError(f"review.timeout_seconds.{prio} must be 60..86400, got {seconds}")
-        if self.response_type == "single_select":
-            values = {o.value for o in self.options}
-            if self.default_response not in values:
-                raise ValueError(
-                    f"review.default_response {self.default_response!r} is not one of the "
-                    f"option values {sorted(values)}"
-                )
+        config = effective_config(self.response_type, self.response_config, self.options)
+        problem = check_config(self.response_type, config)
+        if problem is not None:
+            raise ValueError(f"review.response_config: {problem} (hitl-api.md §3.2)")
+        problem = check_default(self.response_type, config, self.default_response)
+        if problem is not None:
+            raise ValueError(
+                f"review.default_response does not fit response_type {self.response_type}: "
+                f"{problem}"
+            )
         return self
 
 

@@ -173,6 +173,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.unmatched_choices = Counter(
+            p + "unmatched_answer_choices",
+            "Select answers naming no option that was sent (kept in the decision's response).",
+            ["response_type"],
+            registry=r,
+        )
         self.asyncio_tasks = Gauge(
             p + "asyncio_tasks",
             "Asyncio tasks alive in the process's event loop (a leak shows as growth).",

@@ -33,6 +33,7 @@ class Answer:
     response: Any
     raw_response: Any
     decided_by: DecidedBy
+    unmatched: int = 0  # select choices that match no option sent (kept in ``response``)
 
 
 class _Options:
@@ -119,19 +120,25 @@ def _items(value: Any) -> list[Any] | None:
     return None if text is None else [text]
 
 
-def _multi(value: Any, options: _Options) -> Any:
+def _multi(value: Any, options: _Options) -> tuple[Any, int]:
+    """The chosen option values, in the reviewer's order; a choice that matches no option
+    is kept as sent (never dropped) and counted."""
     items = _items(value)
     if items is None:
-        return value
+        return value, 0
     texts = [text for text in map(_as_text, items) if text is not None]
     if options.count == 0:  # nothing to match against: keep what the reviewer sent
-        return texts
-    matched: list[str] = []
+        return texts, 0
+    chosen: list[str] = []
+    unmatched = 0
     for text in texts:
         option = options.match(text)
-        if option is not None and option not in matched:
-            matched.append(option)
-    return matched
+        if option is None:
+            unmatched += 1
+            option = text
+        if option not in chosen:
+            chosen.append(option)
+    return chosen, unmatched
 
 
 def _number(value: Any, keys: Iterable[str]) -> float | None:
@@ -176,14 +183,20 @@ def _text(value: Any) -> Any:
     return value
 
 
-def _response(response_type: Any, options: _Options, value: Any) -> tuple[str | None, Any]:
-    """``(decision, response)`` for one answer value of ``response_type``."""
+def _response(response_type: Any, options: _Options, value: Any) -> tuple[str | None, Any, int]:
+    """``(decision, response, unmatched choices)`` for one answer value of ``response_type``."""
     if value is None:
-        return None, None
+        return None, None, 0
     if response_type == "single_select":
-        return _single(value, options)
+        decision, response = _single(value, options)
+        return decision, response, int(decision is None and options.count > 0)
     if response_type == "multi_select":
-        return None, _multi(value, options)
+        return (None, *_multi(value, options))
+    decision, response = _scalar(response_type, value)
+    return decision, response, 0
+
+
+def _scalar(response_type: Any, value: Any) -> tuple[str | None, Any]:
     if response_type in ("rating", "number"):
         keys = ("rating", "number") if response_type == "rating" else ("number", "rating")
         number = _number(value, (*keys, "value"))
@@ -216,7 +229,7 @@ def interpret(
     lookup = _Options(options)
     if word in ("timeout", "timed_out"):
         value = default_response if response_data is None else response_data
-        decision, response = _response(response_type, lookup, value)
-        return Answer(decision, response, raw, "timeout_default")
-    decision, response = _response(response_type, lookup, response_data)
-    return Answer(decision, response, raw, "human")
+        decision, response, unmatched = _response(response_type, lookup, value)
+        return Answer(decision, response, raw, "timeout_default", unmatched)
+    decision, response, unmatched = _response(response_type, lookup, response_data)
+    return Answer(decision, response, raw, "human", unmatched)

@@ -51,6 +51,7 @@ class JoinStats:
     duplicates: int = 0
     unmatched: dict[str, int] = field(default_factory=dict)
     ignored: int = 0
+    unmatched_choices: dict[str, int] = field(default_factory=dict)  # by response type
     e2e_seconds: list[tuple[str, float]] = field(default_factory=list)
     human_seconds: list[tuple[str, float]] = field(default_factory=list)
 
@@ -62,6 +63,8 @@ class JoinStats:
             self.decisions[key] = self.decisions.get(key, 0) + n
         for reason, n in other.unmatched.items():
             self.unmatched[reason] = self.unmatched.get(reason, 0) + n
+        for kind, n in other.unmatched_choices.items():
+            self.unmatched_choices[kind] = self.unmatched_choices.get(kind, 0) + n
         self.escalations += other.escalations
         self.duplicates += other.duplicates
         self.ignored += other.ignored
@@ -83,6 +86,8 @@ class JoinStats:
                 m.callbacks.labels(result).inc(n)
         for reason, n in self.unmatched.items():
             m.unmatched.labels(reason).inc(n)
+        for kind, n in self.unmatched_choices.items():
+            m.unmatched_choices.labels(kind).inc(n)
         for loop, seconds in self.e2e_seconds:
             m.decision_latency.labels(m.loop_label(loop)).observe(seconds)
         for loop, seconds in self.human_seconds:
@@ -244,6 +249,14 @@ class Joiner:
                 "via": parsed.via,
             },
         )
+        if answer.unmatched:
+            kind = entry.response_type
+            self.batch.unmatched_choices[kind] = self.batch.unmatched_choices.get(kind, 0) + 1
+            log.warning(
+                "answer names %d choice(s) matching no option sent; kept in response",
+                answer.unmatched,
+                extra={"request_id": entry.request_id, "event_id": entry.event_id},
+            )
         label = (answer.decision, answer.decided_by, parsed.via)
         self.batch.decisions[label] = self.batch.decisions.get(label, 0) + 1
         if e2e is not None:

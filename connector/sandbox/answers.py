@@ -1,7 +1,8 @@
 """Reviewer answers per response type: draw a random valid one, check a hand-given one, shape it.
 
 An *answer* is canonical and raw: the option value (single select), a list of option values
-(multi select), a number (rating, number), a bool (boolean) or a string (text). ``shape``
+(multi select), a number (rating, number), a bool (boolean) or a string (text, and the revised
+text of editable_text). ``shape``
 turns it into ``response_data`` in the raw or the structured style of hitl-api §3.2. Works on
 both the simple and the rich ``response_config`` forms. Pure: no I/O, no clock; the caller
 passes the random generator.
@@ -123,6 +124,9 @@ def random_answer(
         return rng.random() < 0.5
     if response_type == "text":
         return _fit_text(rng.choice(TEXTS), config)
+    if response_type == "editable_text":
+        draft = str(config.get("draft_text") or "")
+        return draft if rng.random() < 0.5 else _fit_text(draft + " (edited)", config)
     low, high = _range(response_type, config)
     if response_type == "rating":
         step = config.get("scale_step", 1)
@@ -157,7 +161,14 @@ def _random_multi(
 def _unwrap(value: Any) -> Any:
     """Accept the structured shapes too: take the raw answer out of them."""
     if isinstance(value, dict):
-        for key in ("selected_value", "selected_values", "rating", "number", "boolean"):
+        for key in (
+            "selected_value",
+            "selected_values",
+            "rating",
+            "number",
+            "boolean",
+            "revised_text",
+        ):
             if key in value:
                 return value[key]
     return value
@@ -177,7 +188,7 @@ def parse_answer(response_type: str, config: Mapping[str, Any], value: Any) -> A
         if not isinstance(value, bool):
             raise AnswerError("response_data must be true or false")
         return value
-    if response_type == "text":
+    if response_type in ("text", "editable_text"):
         low, high = _text_bounds(config)
         if not isinstance(value, str) or not low <= len(value) <= high:
             raise AnswerError(f"response_data must be a string of {low} to {high} characters")
@@ -205,6 +216,8 @@ def shape(response_type: str, config: Mapping[str, Any], answer: Any, style: str
     """``response_data`` for an answer: the answer itself (raw) or the structured object."""
     if style == "raw" or response_type == "text":
         return answer
+    if response_type == "editable_text":
+        return {"revised_text": answer, "was_edited": answer != config.get("draft_text")}
     labels = dict(options_of(config))
     if response_type == "single_select":
         return {"selected_value": answer, "selected_label": labels.get(answer, answer)}

@@ -14,9 +14,24 @@ from dataclasses import dataclass
 from typing import Any
 
 PROCESSING_TYPES = ("time-sensitive", "deferred")
-CONTENT_TYPES = ("markdown", "image")
+CONTENT_TYPES = ("markdown", "image", "file", "video", "audio")
+# The newer content types and the URL field each requires (hitl-api.md appendix A.2).
+MEDIA_URL_FIELDS = {
+    "image": "image_url",
+    "file": "file_url",
+    "video": "video_url",
+    "audio": "audio_url",
+}
 PRIORITIES = ("low", "medium", "high", "critical")
-RESPONSE_TYPES = ("text", "single_select", "multi_select", "rating", "number", "boolean")
+RESPONSE_TYPES = (
+    "text",
+    "single_select",
+    "multi_select",
+    "rating",
+    "number",
+    "boolean",
+    "editable_text",
+)
 PLATFORMS = ("n8n", "zapier", "web_portal", "api", "mobile", "webhook")
 REQUIRED_FIELDS = (
     "processing_type",
@@ -28,7 +43,18 @@ REQUIRED_FIELDS = (
     "default_response",
     "platform",
 )
-OPTIONAL_FIELDS = ("image_url", "context", "timeout_seconds", "callback_url", "platform_version")
+OPTIONAL_FIELDS = (
+    "image_url",
+    "file_url",
+    "file_type",
+    "file_name",
+    "video_url",
+    "audio_url",
+    "context",
+    "timeout_seconds",
+    "callback_url",
+    "platform_version",
+)
 DOCUMENTED_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 MIN_TIMEOUT, MAX_TIMEOUT = 60, 86_400
 
@@ -77,11 +103,15 @@ def validate_create_request(body: object) -> Invalid | None:
     text = body["request_text"]
     if not isinstance(text, str) or not 1 <= len(text) <= 2000:
         return Invalid("request_text", "request_text must be between 1 and 2000 characters")
-    image_url = body.get("image_url")
-    if image_url is not None and not isinstance(image_url, str):
-        return Invalid("image_url", "image_url must be a string")
-    if body["type"] == "image" and not image_url:
-        return Invalid("image_url", "image_url is required when type is image")
+    for content_type, url_field in MEDIA_URL_FIELDS.items():
+        url = body.get(url_field)
+        if url is not None and not isinstance(url, str):
+            return Invalid(url_field, f"{url_field} must be a string")
+        if body["type"] == content_type and not url:
+            return Invalid(url_field, f"{url_field} is required when type is {content_type}")
+    for name in ("file_type", "file_name"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            return Invalid(name, f"{name} must be a string")
     if (bad := _check_timeout(body)) is not None:
         return bad
     enums = (("response_type", RESPONSE_TYPES), ("platform", PLATFORMS))
@@ -246,9 +276,9 @@ def _check_number(config: Mapping[str, Any], default: object) -> Invalid | None:
 
 def _check_text(config: Mapping[str, Any], default: object) -> Invalid | None:
     high, low = config.get("max_length"), config.get("min_length", 0)
-    if high is not None and (
-        not isinstance(high, int) or isinstance(high, bool) or not 1 <= high <= 5000
-    ):
+    if high is None:
+        return _config_error("text requires max_length")
+    if not isinstance(high, int) or isinstance(high, bool) or not 1 <= high <= 5000:
         return _config_error("max_length must be between 1 and 5000")
     if not isinstance(low, int) or isinstance(low, bool) or low < 0:
         return _config_error("min_length must be a non-negative integer")
@@ -271,6 +301,17 @@ def _check_boolean(config: Mapping[str, Any], default: object) -> Invalid | None
     return None
 
 
+def _check_editable(config: Mapping[str, Any], default: object) -> Invalid | None:
+    draft = config.get("draft_text")
+    if not isinstance(draft, str) or not draft:
+        return _config_error("editable_text requires draft_text")
+    if (bad := _check_text(config, default)) is not None:
+        return bad
+    if len(draft) > config["max_length"]:
+        return _config_error("draft_text exceeds max_length")
+    return None
+
+
 _CONFIG_CHECKS = {
     "single_select": _check_single,
     "multi_select": _check_multi,
@@ -278,4 +319,5 @@ _CONFIG_CHECKS = {
     "number": _check_number,
     "text": _check_text,
     "boolean": _check_boolean,
+    "editable_text": _check_editable,
 }

@@ -41,6 +41,7 @@ from connector.records import (
     find_header,
     iso_now,
 )
+from connector.response_types import sent_options
 from connector.submitter.events import ContentEvent, InvalidEvent, parse_event
 from connector.submitter.routing import choose_loop, decide_by_policy
 from connector.submitter.translate import build_create_body, response_config
@@ -135,7 +136,8 @@ class BatchProcessor:
         self._monotonic = monotonic
         # Per-settings pieces of every body and request row, built once instead of per event.
         self._response_config = response_config(settings.review)
-        self._options = [{"value": o.value, "label": o.label} for o in settings.review.options]
+        # The options as sent in response_config: answers are matched against these.
+        self._options = sent_options(self._response_config)
 
     def _dlq(
         self,

@@ -7,7 +7,7 @@ Accepts the seed's shape (``content``, ``content_type: text``, ``priority: norma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -27,7 +27,16 @@ PRIORITIES: Final = {
     "high": "high",
     "critical": "critical",
 }
-CONTENT_TYPES: Final = {"text": "markdown", "markdown": "markdown", "image": "image"}
+CONTENT_TYPES: Final = {
+    "text": "markdown",
+    "markdown": "markdown",
+    "image": "image",
+    "file": "file",
+    "video": "video",
+    "audio": "audio",
+}
+MEDIA_TYPES: Final = ("image", "file", "video", "audio")  # each needs its <type>_url
+MAX_URL_CHARS: Final = 2048
 MAX_ID_CHARS: Final = 256
 
 
@@ -50,9 +59,11 @@ class ContentEvent:
     hitl_type: str  # markdown | image
     priority: str  # low | medium | high | critical
     loop_id: str | None
-    image_url: str | None
+    image_url: str | None  # for image events; media_url holds any media type's URL
     ai_analysis: dict[str, Any] | None
     metadata: dict[str, Any] | None
+    media_url: str | None = None  # image_url, file_url, video_url or audio_url
+    file_fields: dict[str, str | None] = field(default_factory=dict)  # file_type, file_name
 
     @property
     def flags(self) -> list[str]:
@@ -162,12 +173,21 @@ def parse_event(
     hitl_type = CONTENT_TYPES.get(content_type)
     if hitl_type is None:
         raise InvalidEvent(
-            REASON_SCHEMA, f"content_type {content_type!r} is not one of text, markdown, image"
+            REASON_SCHEMA,
+            f"content_type {content_type!r} is not one of {', '.join(CONTENT_TYPES)}",
         )
-    image_url = _opt_str(obj, "image_url")
-    if hitl_type == "image":
-        if not image_url or not image_url.startswith(("http://", "https://")):
-            raise InvalidEvent(REASON_SCHEMA, "image events need an http(s) image_url")
+    media_url = None
+    if hitl_type in MEDIA_TYPES:
+        name = f"{hitl_type}_url"
+        media_url = _opt_str(obj, name)
+        if not media_url or not media_url.startswith(("http://", "https://")):
+            raise InvalidEvent(REASON_SCHEMA, f"{hitl_type} events need an http(s) {name}")
+        if len(media_url) > MAX_URL_CHARS or not media_url.isprintable() or " " in media_url:
+            raise InvalidEvent(
+                REASON_SCHEMA,
+                f"{name} must be a URL of at most {MAX_URL_CHARS} characters "
+                "without spaces or control characters",
+            )
     elif content is None or not content.strip():
         raise InvalidEvent(REASON_SCHEMA, "content (or text) is required and must not be empty")
     raw_priority = (_opt_str(obj, "priority") or "medium").lower()
@@ -187,7 +207,13 @@ def parse_event(
         hitl_type=hitl_type,
         priority=priority,
         loop_id=_safe_token(loop_id.strip(), "loop_id") if loop_id and loop_id.strip() else None,
-        image_url=image_url,
+        image_url=media_url if hitl_type == "image" else None,
         ai_analysis=analysis,
         metadata=_opt_obj(obj, "metadata"),
+        media_url=media_url,
+        file_fields=(
+            {"file_type": _opt_str(obj, "file_type"), "file_name": _opt_str(obj, "file_name")}
+            if hitl_type == "file"
+            else {}
+        ),
     )

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from connector.config import ReviewSettings
 from connector.records import SourceRef
+from connector.response_types import effective_config
 from connector.submitter.events import ContentEvent
 
 TRUNCATION_MARKER: Final = "\n\n[… truncated by hitl-connector: {n} characters omitted]"
@@ -53,11 +54,8 @@ def _cut(text: str, limit: int) -> tuple[str, bool]:
 
 
 def response_config(review: ReviewSettings) -> dict[str, Any]:
-    if review.response_config is not None:
-        return dict(review.response_config)
-    if review.response_type in ("single_select", "multi_select"):
-        return {"options": [{"value": o.value, "label": o.label} for o in review.options]}
-    return {}
+    """The ``response_config`` sent with every request (``connector.response_types``)."""
+    return effective_config(review.response_type, review.response_config, review.options)
 
 
 def build_create_body(
@@ -77,6 +75,9 @@ def build_create_body(
     text, truncated = _cut(_render_text(event, review), review.max_text_chars)
     if not text.strip():
         text = IMAGE_PLACEHOLDER
+    cfg = response_cfg if response_cfg is not None else response_config(review)
+    if review.response_type == "editable_text" and "draft_text" not in cfg:
+        cfg = {**cfg, "draft_text": text}  # the reviewer edits the request's own text
     context: dict[str, Any] = {
         "connector": {
             "event_id": event.event_id,
@@ -95,15 +96,17 @@ def build_create_body(
         "priority": event.priority,
         "request_text": text,
         "response_type": review.response_type,
-        "response_config": response_cfg if response_cfg is not None else response_config(review),
+        "response_config": cfg,
         "default_response": review.default_response,
         "platform": review.platform,
         "context": context,
     }
     if review.processing_type == "time-sensitive":
         body["timeout_seconds"] = review.timeout_seconds.get(event.priority, 3600)  # type: ignore[call-overload]
-    if event.hitl_type == "image":
-        body["image_url"] = event.image_url
+    if event.media_url is not None:  # image, file, video, audio: their URL field
+        body[f"{event.hitl_type}_url"] = event.media_url
+        if event.hitl_type == "file":
+            body.update({k: v for k, v in event.file_fields.items() if v is not None})
     if callback_url:
         body["callback_url"] = callback_url
     if platform_version:

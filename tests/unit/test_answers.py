@@ -53,11 +53,11 @@ def test_simple_string_options_are_understood() -> None:
 
 
 def test_unmatched_single_select_keeps_the_raw_string() -> None:
-    assert single("Escalate") == Answer(None, "Escalate", "Escalate", "human")
+    assert single("Escalate") == Answer(None, "Escalate", "Escalate", "human", unmatched=1)
     assert (
         single({"selected_value": "escalate", "selected_label": "Escalate"}).response == "escalate"
     )
-    assert single(7) == Answer(None, 7, 7, "human")
+    assert single(7) == Answer(None, 7, 7, "human", unmatched=1)
 
 
 def test_multi_select_gives_matched_option_values() -> None:
@@ -70,7 +70,12 @@ def test_multi_select_gives_matched_option_values() -> None:
         answer = interpret("multi_select", options, "completed", data, [])
         assert answer == Answer(None, ["policy", "spam"], data, "human")
     assert interpret("multi_select", options, "completed", "Spam", []).response == ["spam"]
-    assert interpret("multi_select", options, "completed", ["other"], []).response == []
+    # A choice that matches no option sent is kept as sent, and counted: never lost.
+    kept = interpret("multi_select", options, "completed", ["Spam", "Other", "spam"], [])
+    assert (kept.response, kept.unmatched) == (["spam", "Other"], 1)
+    structured = {"selected_values": ["grammar_issues"], "selected_labels": ["Grammar Issues"]}
+    kept = interpret("multi_select", options, "completed", structured, [])
+    assert (kept.response, kept.unmatched) == (["grammar_issues"], 1)
 
 
 def test_multi_select_without_configured_options_keeps_the_strings() -> None:
@@ -148,7 +153,9 @@ def test_timeout_with_response_data_uses_what_hitl_applied() -> None:
 
 def test_timeout_default_outside_the_options_has_no_decision() -> None:
     answer = single(None, "timeout", "Unable to review within time limit")
-    assert answer == Answer(None, "Unable to review within time limit", {}, "timeout_default")
+    assert answer == Answer(
+        None, "Unable to review within time limit", {}, "timeout_default", unmatched=1
+    )
 
 
 def test_cancelled_has_no_decision_or_response() -> None:

@@ -54,7 +54,10 @@ def test_id_falls_back_to_key_then_coordinates() -> None:
         ({"id": "a", "content": "  "}, "schema", "content"),
         ({"id": "a", "content": 5}, "schema", "content must be a string"),
         ({"id": "a", "content": "x", "priority": "urgent"}, "schema", "priority"),
-        ({"id": "a", "content": "x", "content_type": "video"}, "schema", "content_type"),
+        ({"id": "a", "content": "x", "content_type": "hologram"}, "schema", "content_type"),
+        ({"id": "a", "content": "x", "content_type": "video"}, "schema", "video_url"),
+        ({"id": "a", "content_type": "file", "file_url": "ftp://x/y.pdf"}, "schema", "file_url"),
+        ({"id": "a", "content_type": "audio", "audio_url": "https://a b"}, "schema", "audio_url"),
         ({"id": "a", "content_type": "image", "content": "pic"}, "schema", "image_url"),
         ({"id": "a", "content": "x", "ai_analysis": {"risk_score": "high"}}, "schema", "risk"),
         ({"id": "a", "content": "x", "ai_analysis": {"confidence": 3}}, "schema", "between"),
@@ -118,3 +121,14 @@ def test_key_derived_id_with_control_characters_is_refused() -> None:
 
 def test_printable_unicode_ids_pass() -> None:
     assert parse({"id": "café-👍 1", "content": "a"}).event_id == "café-👍 1"
+
+
+def test_file_video_audio_events_carry_their_url_like_image() -> None:
+    for kind in ("file", "video", "audio", "image"):
+        url = f"https://cdn.example.com/x.{kind}"
+        event = parse({"id": kind, "content_type": kind, f"{kind}_url": url})
+        assert (event.hitl_type, event.media_url) == (kind, url)
+    pdf = parse(
+        {"id": "f", "content_type": "file", "file_url": "https://x/a.pdf", "file_name": "a.pdf"}
+    )
+    assert pdf.file_fields == {"file_type": None, "file_name": "a.pdf"}

@@ -41,7 +41,8 @@ CONFIGS: list[tuple[str, dict[str, Any], Any]] = [
     ("number", {"min_value": 0, "max_value": 1000, "decimal_places": 2}, 10),
     ("number", {"min": -5, "max": 5}, 0),
     ("text", {"min_length": 30, "max_length": 40}, "x" * 30),
-    ("text", {}, "Unable to review within time limit"),
+    ("text", {"max_length": 5000}, "Unable to review within time limit"),
+    ("editable_text", {"draft_text": "Draft post", "max_length": 200}, "Draft post"),
     ("boolean", {"true_label": "Yes", "false_label": "No"}, False),
     ("boolean", {}, True),
 ]

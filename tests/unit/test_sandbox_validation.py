@@ -75,13 +75,16 @@ def test_non_object_body_is_an_invalid_request_body(raw: object) -> None:
             "processing_type",
             "processing_type must be one of: time-sensitive, deferred",
         ),
-        ({"type": "text"}, "type", "type must be one of: markdown, image"),
+        ({"type": "text"}, "type", "type must be one of: markdown, image, file, video, audio"),
         (
-            {"response_type": "editable_text"},
+            {"response_type": "free_text"},
             "response_type",
             "response_type must be one of: text, single_select, multi_select, rating, number, "
-            "boolean",
+            "boolean, editable_text",
         ),
+        ({"type": "video"}, "video_url", "video_url is required when type is video"),
+        ({"type": "file"}, "file_url", "file_url is required when type is file"),
+        ({"type": "audio", "audio_url": 5}, "audio_url", "audio_url must be a string"),
         (
             {"platform": "slack"},
             "platform",
@@ -157,7 +160,8 @@ def test_deferred_needs_no_timeout_and_image_needs_url() -> None:
         ),
         ("number", {"min": 0, "max": 100}, 0),
         ("number", {"max_value": 1000, "decimal_places": 2, "prefix": "$"}, 12.5),
-        ("text", {}, "no answer"),
+        ("text", {"max_length": 500}, "no answer"),
+        ("editable_text", {"draft_text": "Hello", "max_length": 100}, "Hello!"),
         ("text", {"max_length": 500, "min_length": 1, "placeholder": "why?"}, "none"),
         ("boolean", {}, False),
         ("boolean", {"true_label": "Yes", "false_label": "No", "true_color": "#fff"}, True),
@@ -197,6 +201,10 @@ def test_simple_and_rich_response_configs_are_accepted(
             "decimal_places must be between 0 and 10",
         ),
         ("text", {"max_length": 0}, "max_length must be between 1 and 5000"),
+        ("text", {}, "text requires max_length"),
+        ("editable_text", {"max_length": 10}, "editable_text requires draft_text"),
+        ("editable_text", {"draft_text": "d"}, "text requires max_length"),
+        ("editable_text", {"draft_text": "long", "max_length": 2}, "draft_text exceeds max_length"),
         ("boolean", {"true_label": ""}, "true_label must be between 1 and 100 characters"),
         ("boolean", [], "response_config must be an object"),
     ],
@@ -204,7 +212,9 @@ def test_simple_and_rich_response_configs_are_accepted(
 def test_bad_response_config_is_an_invalid_response_configuration(
     response_type: str, config: object, issue: str
 ) -> None:
-    default = {"rating": 1, "number": 1, "text": "", "boolean": True}.get(response_type, "a")
+    default = {"rating": 1, "number": 1, "text": "", "editable_text": "", "boolean": True}.get(
+        response_type, "a"
+    )
     problem = validate_create_request(
         body(response_type=response_type, response_config=config, default_response=default)
     )
