@@ -139,3 +139,36 @@ def test_token_secrets_rotate_from_env_and_the_old_single_key(
     s = load_settings(overrides={"gateway": {"token_secret": "only"}})
     assert [x.get_secret_value() for x in s.gateway.token_secrets] == ["only"]
     assert "new-t" not in str(s.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("review", "needle"),
+    [
+        ({"response_type": "rating", "default_response": "rejected"}, "not a number from 1 to 5"),
+        ({"response_type": "rating", "default_response": 9}, "not a number from 1 to 5"),
+        ({"response_type": "boolean", "default_response": "rejected"}, "not true or false"),
+        ({"response_type": "multi_select", "default_response": ["nope"]}, "list of option"),
+        ({"response_type": "text", "default_response": 3}, "not a string"),
+        ({"response_type": "number", "response_config": {"min": 0}}, "needs max_value"),
+        ({"response_type": "text", "response_config": {}}, "needs max_length"),
+        ({"response_type": "single_select", "response_config": {"options": []}}, "needs options"),
+        ({"default_response": "maybe"}, "not one of the option values"),
+    ],
+)
+def test_default_response_and_required_config_are_checked_per_type_at_start(
+    review: dict[str, object], needle: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(overrides={"review": review})
+    assert needle in str(info.value) and "review." in str(info.value)
+
+
+def test_each_type_has_a_valid_documented_default_config() -> None:
+    from connector.submitter.translate import response_config
+
+    defaults = {"rating": 3, "number": 0, "text": "", "boolean": False, "editable_text": ""}
+    for kind, default in defaults.items():
+        s = load_settings(
+            overrides={"review": {"response_type": kind, "default_response": default}}
+        )
+        assert response_config(s.review), kind
