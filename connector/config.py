@@ -283,6 +283,8 @@ class ResolverSettings(_Section):
     # topic. Never a second decision either way.
     resolved_memory: int = Field(default=500_000, ge=0, le=10_000_000)
     reconcile: bool = True
+    # Sweep the list of completed requests continuously (finds lost webhooks in minutes).
+    reconcile_sweep: bool = True
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)
     # A request is overdue at timeout_at + grace, or (when set) max_wait after submission.
     reconcile_grace_seconds: float = Field(default=120.0, ge=0)

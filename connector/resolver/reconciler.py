@@ -14,6 +14,15 @@ configured, ``max_wait`` after submission) — its terminal webhook never came. 
 all within ``reconcile_budget_share`` of the API budget per rate-limit window. What it
 learns goes to ``hitl.callbacks`` with ``via: poll``, exactly like a webhook, so the resolver
 joins it the same way (and a late webhook after a poll is a harmless duplicate).
+
+Before that, the **sweep** (``sweep``) finds human decisions whose webhook was lost in minutes
+rather than at the deadline: it spends most of the share continuously, one list call
+(``status=completed``, newest first, 100 a page) every ``window / (share × SWEEP_PART)``
+seconds, and publishes every completed request it sees that is still in the table. Pages:
+the newest page on every other call (new decisions are there), deeper pages in between, down
+to the oldest pending request, then again from the top. It is paid for by the requests it
+watches (``SWEEP_CALLS_PER_REQUEST`` of a call per request that entered the table), so calls
+per decision stay ≤ 1.25 at any load; at low load sweeps are rarer.
 """
 
 from __future__ import annotations
@@ -34,12 +43,23 @@ from connector.resolver.table import RequestTable
 
 log = logging.getLogger(__name__)
 
+# The share of the reconciler's budget the sweep may spend; the rest is for overdue GETs.
+SWEEP_PART = 0.75
+# Sweep calls earned per request that enters the table (the cost ceiling: 1 create + 0.2).
+SWEEP_CALLS_PER_REQUEST = 0.2
+PAGE = 100
+
 Publish = Callable[[str, dict[str, Any], Any], Awaitable[None]]
 
 
 class PollClient(Protocol):
     async def list_requests(
-        self, *, limit: int = 100, offset: int = 0, sort: str = "created_at_desc"
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        sort: str = "created_at_desc",
     ) -> Any: ...
 
     async def get_request(self, request_id: str) -> dict[str, Any]: ...
@@ -55,6 +75,8 @@ class ReconcileResult:
     not_found: int = 0
     budget_exhausted: bool = False
     deferred_partitions: int = 0
+    sweep_calls: int = 0
+    sweep_found: int = 0
 
 
 def _epoch(text: str | None) -> float | None:
@@ -88,6 +110,14 @@ class Reconciler:
         self._window_start = 0.0
         self._window_calls = 0
         self.total_calls = 0
+        # The sweep: earned calls, pacing, which page next, the ids already paid for.
+        self._sweep_tokens = 1.0
+        self._next_sweep = 0.0
+        self._sweep_offset = 0
+        self._deep_offset = PAGE
+        self._deep_needed = False
+        self._watched: set[str] = set()
+        self.sweep_calls = 0
 
     def _budget(self) -> int:
         h = self._s.hitl
@@ -125,9 +155,82 @@ class Reconciler:
             del self._lagging_since[p]
         return {p for p in lagging if mono - self._lagging_since.setdefault(p, mono) < cap}
 
+    def _earn(self) -> None:
+        """Sweep calls for the requests that entered the table since the last look."""
+        current: set[str] = set()
+        for partition in self._table.partitions():
+            current.update(self._table.request_ids(partition))
+        new = len(current - self._watched)
+        self._watched = current
+        cap = self._budget() * SWEEP_PART
+        self._sweep_tokens = min(cap, self._sweep_tokens + new * SWEEP_CALLS_PER_REQUEST)
+
+    def _in_table(self, request_id: str) -> bool:
+        return any(self._table.get(p, request_id) for p in self._table.partitions())
+
+    async def sweep(self, now: float, result: ReconcileResult) -> None:
+        """One paced list call of completed requests, when earned and due (see module doc)."""
+        self._earn()
+        mono = time.monotonic()
+        if not self._watched or self._sweep_tokens < 1 or mono < self._next_sweep:
+            return
+        if not self._take_call(mono):
+            result.budget_exhausted = True
+            return
+        pace = self._s.hitl.rate_limit_window_seconds / max(1.0, self._budget() * SWEEP_PART)
+        self._next_sweep = mono + pace
+        self._sweep_tokens -= 1
+        offset = self._sweep_offset
+        try:
+            page = await self._client.list_requests(
+                status="completed", limit=PAGE, offset=offset, sort="created_at_desc"
+            )
+        except HitlError as exc:
+            log.warning("reconciler sweep call failed: %s", exc)
+            return
+        result.sweep_calls += 1
+        self.sweep_calls += 1
+        oldest_on_page = now
+        for obj in page.requests:
+            try:
+                cb = normalize_request_object(obj)
+            except MalformedPayload:
+                continue
+            created = _epoch(obj.get("created_at")) if isinstance(obj, dict) else None
+            if created is not None:
+                oldest_on_page = min(oldest_on_page, created)
+            repoll = self._s.resolver.reconcile_repoll_seconds
+            recent = now - self._polled.get(cb.request_id, -1e18) < repoll
+            if cb.terminal and not recent and self._in_table(cb.request_id):
+                await self._publish(cb.request_id, cb.to_json(), None)
+                self._polled[cb.request_id] = now
+                result.sweep_found += 1
+        self._next_page(offset, page, oldest_on_page)
+        if self._m is not None:
+            self._m.reconciler_polls.labels("sweep").inc()
+            if result.sweep_found:
+                self._m.reconciler_recovered.inc(result.sweep_found)
+
+    def _next_page(self, offset: int, page: Any, oldest_on_page: float) -> None:
+        """Newest page every other call; deeper pages in between, down to the oldest
+        pending request (HITL's created_at may differ from our submission time: 300 s)."""
+        oldest = self._table.oldest_submitted()
+        deeper = page.has_more and oldest is not None and oldest_on_page > oldest - 300
+        if offset == 0:
+            self._deep_needed = deeper
+            if not deeper:
+                self._deep_offset = PAGE
+        elif deeper:
+            self._deep_offset = offset + PAGE
+        else:
+            self._deep_offset, self._deep_needed = PAGE, False
+        self._sweep_offset = self._deep_offset if offset == 0 and self._deep_needed else 0
+
     async def run_once(self, now: float | None = None) -> ReconcileResult:
         now = time.time() if now is None else now
         result = ReconcileResult()
+        if self._s.resolver.reconcile_sweep:
+            await self.sweep(now, result)
         skip = await self._deferred()
         result.deferred_partitions = len(skip)
         overdue = {e.request_id: e for e in self.overdue(now, skip)}

@@ -218,6 +218,10 @@ class RequestTable:
                 oldest = ts
         return oldest
 
+    def request_ids(self, partition: int) -> list[str]:
+        """The request ids pending in ``partition`` (no rows decoded)."""
+        return list(self._rows.get(partition, {}))
+
     def size(self) -> int:
         return sum(len(r) for r in self._rows.values())
 

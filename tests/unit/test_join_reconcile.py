@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 
 from connector.config import Settings
 from connector.errors import HitlPermanentError
@@ -21,6 +22,14 @@ from connector.resolver.table import RequestTable
 SETTINGS = Settings(
     hitl={"rate_limit_calls": 100, "rate_limit_window_seconds": 3600},
     resolver={"reconcile_grace_seconds": 0, "reconcile_repoll_seconds": 60},
+)
+NO_SWEEP = Settings(
+    hitl={"rate_limit_calls": 100, "rate_limit_window_seconds": 3600},
+    resolver={
+        "reconcile_grace_seconds": 0,
+        "reconcile_repoll_seconds": 60,
+        "reconcile_sweep": False,
+    },
 )
 
 
@@ -140,9 +149,14 @@ class FakePollClient:
     calls: list[str] = field(default_factory=list)
 
     async def list_requests(
-        self, *, limit: int = 100, offset: int = 0, sort: str = "created_at_desc"
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        sort: str = "created_at_desc",
     ) -> Page:
-        self.calls.append(f"list:{offset}")
+        self.calls.append(f"{'sweep' if status == 'completed' else 'list'}:{offset}")
         chunk = self.listed[offset : offset + limit]
         more = offset + limit < len(self.listed)
         return Page(chunk, more, offset + limit if more else None)
@@ -173,7 +187,7 @@ def test_reconciler_lists_first_then_gets_what_the_list_missed() -> None:
     async def publish(rid: str, cb: dict[str, Any], payload: Any) -> None:
         published.append((rid, cb))
 
-    rec = Reconciler(SETTINGS, client, table, publish)
+    rec = Reconciler(NO_SWEEP, client, table, publish)
     result = asyncio.run(rec.run_once(now=1_900_000_000.0))
     assert client.calls == ["list:0", "get:r3", "get:r4"]
     assert (result.overdue, result.found_terminal, result.still_pending, result.not_found) == (
@@ -193,8 +207,54 @@ def test_reconciler_stays_inside_its_budget_share() -> None:
     client = FakePollClient([], {})
     rec = Reconciler(SETTINGS, client, table_with(*overdue), lambda *a: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
     result = asyncio.run(rec.run_once(now=1_900_000_000.0))
-    assert len(client.calls) == 20  # 20% of 100 calls per window
+    assert len(client.calls) == 20  # 20% of 100 calls per window, the sweep's call included
+    assert client.calls[0] == "sweep:0" and result.sweep_calls == 1
     assert result.budget_exhausted
+
+
+def _completed(rid: str, created: str) -> dict[str, Any]:
+    return {"id": rid, "status": "completed", "response_data": "Approve", "created_at": created}
+
+
+def test_sweep_finds_lost_decisions_paced_and_paid_for_by_the_requests_it_watches() -> None:
+    fresh = "2999-01-01T00:00:00Z"  # not overdue: only the sweep can find them
+    table = table_with(*(entry(f"r{i}", f"e{i}", timeout_at=fresh) for i in range(10)))
+    listed = [_completed("other", "2026-01-01T00:00:00Z"), _completed("r3", "2026-01-01T00:00:00Z")]
+    client = FakePollClient(listed, {})
+    published: list[str] = []
+
+    async def publish(rid: str, cb: dict[str, Any], payload: Any) -> None:
+        published.append(rid)
+        table.resolve(0, rid)
+
+    rec = Reconciler(SETTINGS, client, table, publish)
+    first = asyncio.run(rec.run_once(now=1_900_000_000.0))
+    assert (client.calls, published, first.sweep_found) == (["sweep:0"], ["r3"], 1)
+    # Paced: the next sweep waits window / (20 calls x 0.75) = 240 s; nothing else to do.
+    asyncio.run(rec.run_once(now=1_900_000_001.0))
+    assert client.calls == ["sweep:0"]
+    rec._next_sweep = 0.0  # the pace has passed
+    # 10 requests earned 2 calls (0.2 each), the first one spent 1 of them (+1 to start).
+    assert rec._sweep_tokens == pytest.approx(2.0)
+    asyncio.run(rec.run_once(now=1_900_000_002.0))
+    rec._next_sweep = 0.0
+    asyncio.run(rec.run_once(now=1_900_000_003.0))
+    rec._next_sweep = 0.0
+    asyncio.run(rec.run_once(now=1_900_000_004.0))
+    assert client.calls == ["sweep:0"] * 3, "no more sweeps than the requests paid for"
+
+
+def test_sweep_pages_deeper_every_other_call_down_to_the_oldest_pending() -> None:
+    old = entry("r-old", "e-old", timeout_at="2999-01-01T00:00:00Z")
+    table = table_with(old)  # submitted 2025-12-31T23:59:00Z (entry's default)
+    newer = [_completed(f"n{i}", "2026-06-01T00:00:00Z") for i in range(250)]
+    client = FakePollClient(newer, {})
+    rec = Reconciler(SETTINGS, client, table, lambda *a: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
+    rec._sweep_tokens = 10.0
+    for i in range(6):
+        rec._next_sweep = 0.0
+        asyncio.run(rec.run_once(now=1_900_000_000.0 + i))
+    assert client.calls == ["sweep:0", "sweep:100", "sweep:0", "sweep:200", "sweep:0", "sweep:100"]
 
 
 def test_a_kept_raw_delivery_replayed_into_callbacks_is_normalized_again() -> None:
