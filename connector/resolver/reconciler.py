@@ -44,7 +44,7 @@ from connector.resolver.table import RequestTable
 log = logging.getLogger(__name__)
 
 # The share of the reconciler's budget the sweep may spend; the rest is for overdue GETs.
-SWEEP_PART = 0.75
+SWEEP_PART = 0.5
 # Sweep calls earned per request that enters the table (the cost ceiling: 1 create + 0.2).
 SWEEP_CALLS_PER_REQUEST = 0.2
 PAGE = 100

@@ -230,7 +230,7 @@ def test_sweep_finds_lost_decisions_paced_and_paid_for_by_the_requests_it_watche
     rec = Reconciler(SETTINGS, client, table, publish)
     first = asyncio.run(rec.run_once(now=1_900_000_000.0))
     assert (client.calls, published, first.sweep_found) == (["sweep:0"], ["r3"], 1)
-    # Paced: the next sweep waits window / (20 calls x 0.75) = 240 s; nothing else to do.
+    # Paced: the next sweep waits window / (20 calls x 0.5) = 360 s; nothing else to do.
     asyncio.run(rec.run_once(now=1_900_000_001.0))
     assert client.calls == ["sweep:0"]
     rec._next_sweep = 0.0  # the pace has passed
