@@ -123,7 +123,7 @@ async def decisions_run(env: BenchEnv, drop: float, n: int) -> dict[str, float]:
                 "host": "127.0.0.1",
                 "port": port,
                 "public_url": f"http://127.0.0.1:{port}",
-                "token_secret": "bench-token-secret",
+                "token_secrets": ["bench-token-secret"],
                 "signature": "required",
             },
             resolver=RESOLVER,
