@@ -245,6 +245,10 @@ async def test_hostile_webhooks_table(hostile: Any) -> None:
         (r[1], r[4], r[6], r[8]), 1
     )
     assert sum(decided.values()) == 4
+    # Refused deliveries left no record on any topic.
+    refused_only = (r[0], r[7])
+    assert all(on_callbacks[rid] == 0 for rid in refused_only)
+    assert not [rec for rec in unmatched if (rec.key or b"").decode() in refused_only]
     mismatch = [rec for rec in unmatched if (rec.key or b"").decode() == r[3]]
     assert mismatch, "the delivery with another event's token must be on the unmatched topic"
 
