@@ -108,7 +108,6 @@ class HitlSettings(_Section):
     max_in_flight: int = Field(default=32, ge=1, le=1024)
     circuit_failure_threshold: int = Field(default=5, ge=1)
     circuit_open_seconds: float = Field(default=15.0, gt=0)
-    transport: Literal["h1", "aiohttp", "httpx"] = "h1"
     platform_version: str | None = None
 
     @model_validator(mode="after")

@@ -84,10 +84,6 @@ NOTES: dict[str, str] = {
     "hitl.max_in_flight": "Concurrent API calls (and pooled connections) per process.",
     "hitl.circuit_failure_threshold": "Consecutive failures that open the circuit breaker.",
     "hitl.circuit_open_seconds": "How long the circuit stays open before a probe.",
-    "hitl.transport": (
-        "HTTP client: `h1` (built-in HTTP/1.1 keep-alive pool, least CPU), `aiohttp`, or "
-        "`httpx` (stock httpcore pool)."
-    ),
     "hitl.platform_version": "Sent as `platform_version` on every create, when set.",
     "loops.default": "Loop id used when no per-event `loop_id` or route matches.",
     "loops.allow_event_override": "Honour a `loop_id` field in the event.",
