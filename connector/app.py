@@ -137,10 +137,11 @@ class ConnectorApp:
             secrets=tuple(s.get_secret_value().encode() for s in g.secrets),
             token_secret=secret,
             max_body_bytes=g.max_body_bytes,
+            body_timeout_seconds=g.body_timeout_seconds,
         )
         webhook_sink = self.sink if "gateway" in self.roles else None
         http = GatewayApp(config, webhook_sink, metrics=self.metrics, ready=self.ready)
-        self.gateway = GatewayServer(http, g.host, g.port, g.http_server)
+        self.gateway = GatewayServer(http, g)
 
     def ready(self) -> bool:
         """Kafka producer and consumers ready (the gateway's /readyz)."""

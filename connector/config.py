@@ -227,8 +227,11 @@ class GatewaySettings(_Section):
     secrets: list[SecretStr] = Field(default_factory=list)
     token_secret: SecretStr | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    # HTTP server: `builtin` (lean HTTP/1.1 server, least CPU per webhook) or `uvicorn`.
-    http_server: Literal["builtin", "uvicorn"] = "builtin"
+    limit_concurrency: int = Field(default=1000, ge=1)
+    keep_alive_seconds: float = Field(default=5.0, gt=0)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=16_384, ge=1024)
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
 class ResolverSettings(_Section):

@@ -135,6 +135,16 @@ NOTES: dict[str, str] = {
         "Key of the callback URL tokens. Set with `HITL_CALLBACK_TOKEN_SECRET` (or `_FILE`)."
     ),
     "gateway.max_body_bytes": "Larger webhook bodies get 413.",
+    "gateway.limit_concurrency": (
+        "Connections and requests at once; beyond it new requests get 503 (uvicorn)."
+    ),
+    "gateway.keep_alive_seconds": "An idle keep-alive connection is closed after this long.",
+    "gateway.header_timeout_seconds": (
+        "A request head (and a new connection's first bytes) must arrive within this; else "
+        "the connection is closed."
+    ),
+    "gateway.max_header_bytes": "A larger request head gets 431 and the connection is closed.",
+    "gateway.body_timeout_seconds": "A webhook body must arrive within this; else 408.",
     "resolver.restore_timeout_seconds": "Longest wait to load the request table at assignment.",
     "resolver.reconcile": "Poll HITL.sh for overdue requests (the reconciler).",
     "resolver.reconcile_interval_seconds": "How often the reconciler looks for overdue requests.",

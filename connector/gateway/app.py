@@ -6,7 +6,8 @@ produced to ``hitl.callbacks`` keyed by ``request_id``; only when Kafka acknowle
 
 - 200 accepted (durable) or ignored (well-formed but not about a request);
 - 400 invalid JSON or a malformed request event; 401 bad or missing signature / token;
-- 404 unknown path; 405 wrong method; 413 body over the limit; 415 not JSON;
+- 404 unknown path; 405 wrong method; 408 body not in within its deadline (and the connection
+  closed); 413 body over the limit; 415 not JSON;
 - 503 + ``Retry-After`` when Kafka cannot take the record, so HITL.sh retries.
 
 Never 500 on input: every parse path is guarded. A plain ASGI app (no framework) because this
@@ -15,6 +16,7 @@ is the hot path of the webhook benchmark.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
+from prometheus_client import make_asgi_app
 
 from connector.hitl.payloads import Ignored, MalformedPayload, normalize_webhook
 from connector.hitl.signing import SIGNATURE_HEADERS, SignatureCheck, decide, verify_signature
@@ -53,6 +56,10 @@ class CallbackSink(Protocol):
 
 class SinkUnavailable(Exception):
     """Kafka did not acknowledge the record; answer 503 so the sender retries."""
+
+
+class _SlowBody(Exception):
+    """The body did not arrive within ``body_timeout_seconds``: 408, and the task is freed."""
 
 
 @dataclass
@@ -86,6 +93,7 @@ class GatewayConfig:
     secrets: tuple[bytes, ...] = ()
     token_secret: bytes | None = None
     max_body_bytes: int = 1024 * 1024
+    body_timeout_seconds: float = 10.0
 
 
 _SIGNATURE_HEADERS = frozenset(name.encode() for name in SIGNATURE_HEADERS)
@@ -131,7 +139,7 @@ class GatewayApp:
         self.config = config
         self.sink = sink
         self.stats = GatewayStats(metrics)
-        self._metrics = metrics
+        self._metrics_app = make_asgi_app(metrics.registry) if metrics is not None else None
         self._ready = ready or (sink.ready if sink is not None else (lambda: True))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -147,7 +155,13 @@ class GatewayApp:
                 await _respond(send, 405, b'{"error":"method not allowed"}', [(b"allow", b"POST")])
                 return
             start = time.perf_counter()
-            status, body, extra = await self._webhook(scope, receive, path)
+            try:
+                status, body, extra = await self._webhook(scope, receive, path)
+            except _SlowBody:
+                self.stats.count("slow_body")
+                close = [(b"connection", b"close")]
+                await _respond(send, 408, b'{"error":"body not received in time"}', close)
+                return
             await _respond(send, status, body, extra)
             if status == 200:
                 self.stats.acked(time.perf_counter() - start)
@@ -162,16 +176,8 @@ class GatewayApp:
             await _respond(
                 send, 200 if ok else 503, b'{"ready":%s}' % (b"true" if ok else b"false")
             )
-        elif path == "/metrics" and self._metrics is not None:
-            body = self._metrics.render()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+        elif path == "/metrics" and self._metrics_app is not None:
+            await self._metrics_app(scope, receive, send)
         else:
             await _respond(send, 404, b'{"error":"not found"}')
 
@@ -185,7 +191,11 @@ class GatewayApp:
                 return
 
     async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes | None:
-        """The raw body, or None when it exceeds the limit (checked before and while reading)."""
+        """The raw body, or None when it exceeds the limit (checked before and while reading).
+
+        Raises ``_SlowBody`` past ``body_timeout_seconds``: a client that announces a body and
+        trickles it must not hold this task (and a concurrency slot) for longer.
+        """
         limit = self.config.max_body_bytes
         if content_length is not None:
             try:
@@ -193,6 +203,14 @@ class GatewayApp:
                     return None
             except ValueError:
                 return None
+        try:
+            async with asyncio.timeout(self.config.body_timeout_seconds):
+                return await self._receive_body(receive, limit)
+        except TimeoutError:
+            raise _SlowBody from None
+
+    @staticmethod
+    async def _receive_body(receive: Receive, limit: int) -> bytes | None:
         message = await receive()
         if message["type"] != "http.request":
             return b""
