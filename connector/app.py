@@ -235,15 +235,6 @@ class ConnectorApp:
         if self.sink is not None:
             await self.sink.stop()
         await self.client.stop()
-        if self.submitter is not None:
-            s = self.submitter.stats
-            log.info(
-                "submitter stopped: consumed=%d created=%d policy=%d dlq=%s",
-                s.consumed,
-                s.created,
-                s.policy,
-                s.dlq,
-            )
 
 
 async def run_app(settings: Settings, role: str = "all", stop: asyncio.Event | None = None) -> int:

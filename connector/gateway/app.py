@@ -17,11 +17,10 @@ is the hot path of the webhook benchmark.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -62,19 +61,14 @@ class _SlowBody(Exception):
     """The body did not arrive within ``body_timeout_seconds``: 408, and the task is freed."""
 
 
-@dataclass
 class GatewayStats:
-    """Outcome counts (bounded label set) and recent ack times, mirrored into metrics."""
+    """Outcome counts and ack times, kept only in Prometheus (tests read the registry)."""
 
-    metrics: Metrics | None = None
-    outcomes: dict[str, int] = field(default_factory=dict)
-    ack_seconds: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=10_000)  # the latest, for tests/bench
-    )
-    _children: dict[str, Any] = field(default_factory=dict, repr=False)
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+        self._children: dict[str, Any] = {}
 
     def count(self, outcome: str) -> None:
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         if self.metrics is not None:
             child = self._children.get(outcome)
             if child is None:  # the label lookup once per outcome, not per webhook
@@ -82,7 +76,6 @@ class GatewayStats:
             child.inc()
 
     def acked(self, seconds: float) -> None:
-        self.ack_seconds.append(seconds)
         if self.metrics is not None:
             self.metrics.webhook_ack.observe(seconds)
 

@@ -39,7 +39,7 @@ NON_TERMINAL_JOINED: Final = frozenset({"claimed", "escalated", "assigned"})
 
 @dataclass(slots=True)
 class JoinStats:
-    """What joining produced. Per batch until committed, then merged into the totals."""
+    """What joining produced in one batch; counted in Prometheus once its transaction commits."""
 
     decisions: dict[tuple[str | None, str, str], int] = field(default_factory=dict)
     escalations: int = 0
@@ -51,15 +51,6 @@ class JoinStats:
 
     def unmatched_reason(self, reason: str) -> None:
         self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
-
-    def merge(self, other: JoinStats) -> None:
-        for key, n in other.decisions.items():
-            self.decisions[key] = self.decisions.get(key, 0) + n
-        for reason, n in other.unmatched.items():
-            self.unmatched[reason] = self.unmatched.get(reason, 0) + n
-        self.escalations += other.escalations
-        self.duplicates += other.duplicates
-        self.ignored += other.ignored
 
     def observe(self, m: Metrics) -> None:
         decided = 0
@@ -128,7 +119,6 @@ class Joiner:
     def __init__(self, settings: Settings, table: RequestTable) -> None:
         self._s = settings
         self._table = table
-        self.stats = JoinStats()  # totals of committed batches
         self.batch = JoinStats()  # the batch in progress
 
     def take_batch(self) -> JoinStats:
@@ -138,7 +128,6 @@ class Joiner:
 
     def count(self, batch: JoinStats, metrics: Metrics | None) -> None:
         """A batch was committed: count it."""
-        self.stats.merge(batch)
         if metrics is not None:
             batch.observe(metrics)
 

@@ -67,7 +67,6 @@ class Submitter(TransactionalRole):
         self._processor = BatchProcessor(settings, client, callback_url_for=callback_url_for)
         self._blocked_until = blocked_until or (lambda: None)
         self.batch_lock = asyncio.Lock()
-        self.stats = BatchStats()
         self._paused_until: dict[TopicPartition, float] = {}
         self._failures = 0
         self._last_fetch = 0.0  # monotonic time the last fetch returned
@@ -185,7 +184,6 @@ class Submitter(TransactionalRole):
         for staged in group:
             stats, fetched, started = staged.meta
             self.batches += 1
-            self._merge(stats)
             if self._m is not None:
                 self._observe(stats, fetched, started)
 
@@ -231,25 +229,6 @@ class Submitter(TransactionalRole):
     @property
     def paused(self) -> set[TopicPartition]:
         return set(self._paused_until)
-
-    def _merge(self, s: BatchStats) -> None:
-        t = self.stats
-        t.consumed += s.consumed
-        t.created += s.created
-        t.policy += s.policy
-        t.deferred += s.deferred
-        t.truncated += s.truncated
-        for reason, n in s.dlq.items():
-            t.dlq[reason] = t.dlq.get(reason, 0) + n
-        if s.consumed:
-            log.debug(
-                "batch: consumed=%d created=%d policy=%d dlq=%s deferred=%d",
-                s.consumed,
-                s.created,
-                s.policy,
-                s.dlq,
-                s.deferred,
-            )
 
 
 async def drain(submitter: Submitter, task: asyncio.Task[None], deadline: float) -> None:

@@ -1,4 +1,4 @@
-"""``hitl-connector run`` loads the runtime only: no sandbox, dev broker, load generator or bench."""
+"""``hitl-connector run`` loads the runtime only: no sandbox, dev broker, loadgen or bench."""
 
 from __future__ import annotations
 
