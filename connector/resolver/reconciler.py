@@ -22,14 +22,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 from connector.config import Settings
 from connector.errors import HitlError, HitlPermanentError
 from connector.hitl.payloads import MalformedPayload, NormalizedCallback, normalize_request_object
 from connector.metrics import Metrics
-from connector.records import RequestEntry
+from connector.records import RequestEntry, epoch
 from connector.resolver.table import RequestTable
 
 log = logging.getLogger(__name__)
@@ -55,15 +54,6 @@ class ReconcileResult:
     not_found: int = 0
     budget_exhausted: bool = False
     deferred_partitions: int = 0
-
-
-def _epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class Reconciler:
@@ -134,7 +124,7 @@ class Reconciler:
         result.overdue = len(overdue)
         if not overdue:
             return result
-        oldest = min((_epoch(e.submitted_at) or now) for e in overdue.values())
+        oldest = min((epoch(e.submitted_at) or now) for e in overdue.values())
         found: dict[str, NormalizedCallback] = {}
         offset = 0
         # Paging never costs more calls than single GETs of what is still missing would
@@ -157,7 +147,7 @@ class Reconciler:
                     cb = normalize_request_object(obj)
                 except MalformedPayload:
                     continue
-                created = _epoch(obj.get("created_at")) if isinstance(obj, dict) else None
+                created = epoch(obj.get("created_at")) if isinstance(obj, dict) else None
                 if created is not None:
                     oldest_on_page = min(oldest_on_page, created)
                 if cb.request_id in overdue:

@@ -19,7 +19,6 @@ import struct
 from binascii import a2b_base64
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
-from datetime import datetime
 from typing import Any, Final
 
 import orjson
@@ -28,7 +27,7 @@ from aiokafka.errors import KafkaError
 
 from connector.config import Settings
 from connector.kafka.clients import make_consumer
-from connector.records import RequestEntry, SourceRef
+from connector.records import RequestEntry, SourceRef, epoch
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +47,6 @@ _INF: Final = math.inf
 _UTF8: Final = "utf-8"
 _SP: Final = "surrogatepass"
 Row = bytes
-
-
-def epoch(text: str | None) -> float | None:
-    """Epoch seconds of an ISO-8601 timestamp (``Z`` allowed); None when absent/unreadable."""
-    if not text or not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class RequestTable:
