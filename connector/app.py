@@ -27,10 +27,11 @@ from connector.hitl.observe import ApiMetrics
 from connector.hitl.tokens import make_callback_token
 from connector.kafka.admin import ensure_topics
 from connector.kafka.lag import LagTracker
+from connector.kafka.role import drain
 from connector.metrics import Metrics
 from connector.resolver.reconciler import Reconciler
-from connector.resolver.service import Resolver, drain_resolver
-from connector.submitter.service import Submitter, drain
+from connector.resolver.service import Resolver
+from connector.submitter.service import Submitter
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class ConnectorApp:
         if self.resolver is not None:
             task = tasks.get("resolver")
             if task is not None and not task.done():
-                await drain_resolver(self.resolver, task, deadline)
+                await drain(self.resolver, task, deadline)
             await self.resolver.stop()
         if self.sink is not None:
             await self.sink.stop()
