@@ -98,7 +98,8 @@ class ConnectorApp:
         self.resolver: Resolver | None = None
         self.reconciler: Reconciler | None = None
         self.gateway: GatewayServer | None = None
-        self.sink: KafkaCallbackSink | None = None
+        self.sink: KafkaCallbackSink | None = None  # the gateway's
+        self.poll_sink: KafkaCallbackSink | None = None  # the reconciler's own
         self._tasks: dict[str, asyncio.Task[None]] = {}
         secret = token_secret(settings)
         public = settings.gateway.public_url
@@ -119,11 +120,12 @@ class ConnectorApp:
             )
         if "resolver" in self.roles:
             self.resolver = Resolver(settings, metrics=self.metrics)
-        if {"gateway", "resolver"} & set(self.roles):
+        if "gateway" in self.roles:
             self.sink = KafkaCallbackSink(settings)
         if "resolver" in self.roles and settings.resolver.reconcile:
-            assert self.resolver is not None and self.sink is not None
-            sink = self.sink
+            assert self.resolver is not None
+            # Its own producer: polled decisions do not queue behind (or fail with) webhooks.
+            sink = self.poll_sink = KafkaCallbackSink(settings)
 
             async def publish(request_id: str, callback: dict[str, Any], payload: Any) -> None:
                 await sink.publish(request_id, callback, payload, None, via="poll")
@@ -140,13 +142,12 @@ class ConnectorApp:
             max_body_bytes=g.max_body_bytes,
             body_timeout_seconds=g.body_timeout_seconds,
         )
-        webhook_sink = self.sink if "gateway" in self.roles else None
-        http = GatewayApp(config, webhook_sink, metrics=self.metrics, ready=self.ready)
+        http = GatewayApp(config, self.sink, metrics=self.metrics, ready=self.ready)
         self.gateway = GatewayServer(http, g)
 
     def ready(self) -> bool:
         """Kafka producer and consumers ready (the gateway's /readyz)."""
-        sink_ok = self.sink is None or self.sink.ready()
+        sink_ok = all(s.ready() for s in (self.sink, self.poll_sink) if s is not None)
         resolver_ok = self.resolver is None or self.resolver.ready()
         return sink_ok and resolver_ok
 
@@ -159,6 +160,8 @@ class ConnectorApp:
             await self.resolver.start()
             self._tasks["resolver"] = asyncio.create_task(self.resolver.run(), name="resolver")
         if self.reconciler is not None:
+            assert self.poll_sink is not None
+            await self.poll_sink.start()
             self._tasks["reconciler"] = asyncio.create_task(self._reconcile(), name="reconciler")
         if self.metrics is not None:
             self._tasks["gauges"] = asyncio.create_task(self._gauges(self.metrics), name="gauges")
@@ -233,8 +236,9 @@ class ConnectorApp:
             if task is not None and not task.done():
                 await drain(self.resolver, task, deadline)
             await self.resolver.stop()
-        if self.sink is not None:
-            await self.sink.stop()
+        for sink in (self.sink, self.poll_sink):
+            if sink is not None:
+                await sink.stop()
         await self.client.stop()
 
 
