@@ -119,19 +119,26 @@ class ConnectorApp:
                 metrics=self.metrics,
             )
         if "resolver" in self.roles:
-            self.resolver = Resolver(settings, metrics=self.metrics)
+            self.resolver = Resolver(
+                settings.kafka, settings.topics, settings.resolver, metrics=self.metrics
+            )
         if "gateway" in self.roles:
-            self.sink = KafkaCallbackSink(settings)
+            self.sink = KafkaCallbackSink(settings.kafka, settings.topics.callbacks)
         if "resolver" in self.roles and settings.resolver.reconcile:
             assert self.resolver is not None
             # Its own producer: polled decisions do not queue behind (or fail with) webhooks.
-            sink = self.poll_sink = KafkaCallbackSink(settings)
+            sink = self.poll_sink = KafkaCallbackSink(settings.kafka, settings.topics.callbacks)
 
             async def publish(request_id: str, callback: dict[str, Any], payload: Any) -> None:
                 await sink.publish(request_id, callback, payload, None, via="poll")
 
             self.reconciler = Reconciler(
-                settings, self.client, self.resolver.table, publish, metrics=self.metrics
+                settings.resolver,
+                settings.hitl,
+                self.client,
+                self.resolver.table,
+                publish,
+                metrics=self.metrics,
             )
         # Every role serves /healthz, /readyz and /metrics; only the gateway role takes webhooks.
         g = settings.gateway

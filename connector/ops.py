@@ -25,7 +25,7 @@ from connector.resolver.table import RequestTable
 @contextlib.asynccontextmanager
 async def _restored_table(settings: Settings) -> AsyncIterator[tuple[RequestTable, list[int]]]:
     """The request table of every partition, restored as the resolver restores it."""
-    table = RequestTable(settings)
+    table = RequestTable(settings.kafka, settings.topics.requests, settings.resolver)
     await table.start()
     try:
         parts = await partition_ids(settings, settings.topics.requests)
@@ -75,7 +75,7 @@ async def reconcile_once(settings: Settings) -> ReconcileResult:
     """One reconciler pass over every partition, now (overdue requests only)."""
     if settings.hitl.api_key is None:
         raise ConfigError("HITL_API_KEY is not set; reconcile must call HITL.sh")
-    sink = KafkaCallbackSink(settings)
+    sink = KafkaCallbackSink(settings.kafka, settings.topics.callbacks)
     async with HitlClient(settings.hitl) as client, _restored_table(settings) as (table, _):
         await sink.start()
         try:
@@ -83,7 +83,9 @@ async def reconcile_once(settings: Settings) -> ReconcileResult:
             async def publish(request_id: str, callback: dict[str, Any], payload: Any) -> None:
                 await sink.publish(request_id, callback, payload, None, via="poll")
 
-            return await Reconciler(settings, client, table, publish).run_once()
+            return await Reconciler(
+                settings.resolver, settings.hitl, client, table, publish
+            ).run_once()
         finally:
             await sink.stop()
 

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from connector.config import Settings
+from connector.config import TopicSettings
 from connector.hitl.payloads import NormalizedCallback
 from connector.metrics import Metrics
 from connector.records import (
@@ -116,8 +116,8 @@ def parse_callback_value(value: bytes | None) -> ParsedCallback | None:
 class Joiner:
     """Turns callbacks into output records against the request table."""
 
-    def __init__(self, settings: Settings, table: RequestTable) -> None:
-        self._s = settings
+    def __init__(self, topics: TopicSettings, table: RequestTable) -> None:
+        self._topics = topics
         self._table = table
         self.batch = JoinStats()  # the batch in progress
 
@@ -146,7 +146,7 @@ class Joiner:
         )
         self.batch.unmatched_reason(reason)
         headers = [("error.reason", reason.encode())]
-        return OutRecord(self._s.topics.unmatched, key, value, headers)
+        return OutRecord(self._topics.unmatched, key, value, headers)
 
     def join(
         self, partition: int, key: bytes | None, value: bytes | None, now: float | None = None
@@ -168,7 +168,7 @@ class Joiner:
         if parsed.callback.terminal:
             self._table.resolve(partition, parsed.request_id)
             return self._decision(entry, parsed, now)
-        if status in NON_TERMINAL_JOINED and self._s.topics.escalations:
+        if status in NON_TERMINAL_JOINED and self._topics.escalations:
             self.batch.escalations += 1
             return [self._escalation(entry, parsed, now)]
         self.batch.ignored += 1
@@ -220,15 +220,15 @@ class Joiner:
         if human is not None:
             self.batch.human_seconds.append((entry.loop_id, human))
         tombstone = OutRecord(
-            self._s.topics.requests,
+            self._topics.requests,
             entry.request_id.encode(),
             None,
             base_headers("hitl.request.tombstone.v1", request_id=entry.request_id),
         )
-        return [OutRecord(self._s.topics.output, key, dumps(value), headers), tombstone]
+        return [OutRecord(self._topics.output, key, dumps(value), headers), tombstone]
 
     def _escalation(self, entry: RequestEntry, parsed: ParsedCallback, now: float) -> OutRecord:
-        assert self._s.topics.escalations is not None
+        assert self._topics.escalations is not None
         cb = parsed.callback
         value = {
             "schema": SCHEMA_ESCALATION,
@@ -247,4 +247,4 @@ class Joiner:
             SCHEMA_ESCALATION, event_id=entry.event_id, request_id=entry.request_id
         )
         key = entry.key if entry.key is not None else entry.event_id.encode()
-        return OutRecord(self._s.topics.escalations, key, dumps(value), headers)
+        return OutRecord(self._topics.escalations, key, dumps(value), headers)

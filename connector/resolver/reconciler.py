@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from connector.config import Settings
+from connector.config import HitlSettings, ResolverSettings
 from connector.errors import HitlError, HitlPermanentError
 from connector.hitl.payloads import MalformedPayload, NormalizedCallback, normalize_request_object
 from connector.metrics import Metrics
@@ -61,14 +61,16 @@ class Reconciler:
 
     def __init__(
         self,
-        settings: Settings,
+        resolver: ResolverSettings,
+        hitl: HitlSettings,
         client: PollClient,
         table: RequestTable,
         publish: Publish,
         *,
         metrics: Metrics | None = None,
     ) -> None:
-        self._s = settings
+        self._r = resolver
+        self._hitl = hitl
         self._m = metrics
         self._client = client
         self._table = table
@@ -80,11 +82,11 @@ class Reconciler:
         self.total_calls = 0
 
     def _budget(self) -> int:
-        h = self._s.hitl
-        return max(1, int(h.rate_limit_calls * self._s.resolver.reconcile_budget_share))
+        h = self._hitl
+        return max(1, int(h.rate_limit_calls * self._r.reconcile_budget_share))
 
     def _take_call(self, now: float) -> bool:
-        window = self._s.hitl.rate_limit_window_seconds
+        window = self._hitl.rate_limit_window_seconds
         if now - self._window_start >= window:
             self._window_start, self._window_calls = now, 0
         if self._window_calls >= self._budget():
@@ -94,7 +96,7 @@ class Reconciler:
         return True
 
     def overdue(self, now: float, skip: Collection[int] = ()) -> list[RequestEntry]:
-        repoll = self._s.resolver.reconcile_repoll_seconds
+        repoll = self._r.reconcile_repoll_seconds
         polled = self._polled
         return [
             e for e in self._table.due(now, skip) if now - polled.get(e.request_id, -1e18) >= repoll
@@ -110,7 +112,7 @@ class Reconciler:
             return set()
         lagging = await probe()
         mono = time.monotonic()
-        cap = max(30.0, 3 * self._s.resolver.reconcile_interval_seconds)
+        cap = max(30.0, 3 * self._r.reconcile_interval_seconds)
         for p in set(self._lagging_since) - lagging:
             del self._lagging_since[p]
         return {p for p in lagging if mono - self._lagging_since.setdefault(p, mono) < cap}
@@ -202,6 +204,6 @@ class Reconciler:
         return result
 
     def _forget_old(self, now: float) -> None:
-        horizon = self._s.resolver.reconcile_repoll_seconds
+        horizon = self._r.reconcile_repoll_seconds
         if len(self._polled) > 100_000:
             self._polled = {k: t for k, t in self._polled.items() if now - t < horizon}

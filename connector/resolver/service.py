@@ -25,7 +25,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from connector.config import Settings
+from connector.config import KafkaSettings, ResolverSettings, TopicSettings
 from connector.kafka.pipeline import Failure, Staged
 from connector.kafka.role import Batch, TransactionalRole, staged
 from connector.metrics import Metrics
@@ -46,18 +46,25 @@ class _Waiting:
 class Resolver(TransactionalRole):
     """Consumes callbacks in a group and joins them with the co-partitioned request table."""
 
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: TopicSettings,
+        resolver: ResolverSettings,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         super().__init__(
             "resolver",
-            settings.kafka,
-            group_id=f"{settings.kafka.group_id}-resolver",
-            topic=settings.topics.callbacks,
+            kafka,
+            group_id=f"{kafka.group_id}-resolver",
+            topic=topics.callbacks,
             metrics=metrics,
-            max_records=settings.resolver.max_records,
+            max_records=resolver.max_records,
         )
-        self._s = settings
-        self.table = RequestTable(settings)
-        self.joiner = Joiner(settings, self.table)
+        self._r = resolver
+        self.table = RequestTable(kafka, topics.requests, resolver)
+        self.joiner = Joiner(topics, self.table)
         self.waiting: dict[TopicPartition, OrderedDict[int, _Waiting]] = {}
         self.processed: dict[TopicPartition, int] = {}
         self._staged_offsets: dict[TopicPartition, int] = {}  # the last offsets handed over
@@ -130,9 +137,7 @@ class Resolver(TransactionalRole):
 
     async def _process(self, batch: Batch) -> Staged | None:
         parts = {tp.partition for tp in batch}
-        if parts and not await self.table.wait_ready(
-            parts, self._s.resolver.restore_timeout_seconds
-        ):
+        if parts and not await self.table.wait_ready(parts, self._r.restore_timeout_seconds):
             log.warning("request table not restored in time; will read the batch again")
             self._seek({tp: recs[0].offset for tp, recs in batch.items()})
             return None
@@ -165,7 +170,7 @@ class Resolver(TransactionalRole):
 
     def _retry_waiting(self, now: float) -> list[OutRecord]:
         outputs: list[OutRecord] = []
-        ttl = self._s.resolver.unmatched_ttl_seconds
+        ttl = self._r.unmatched_ttl_seconds
         mono = time.monotonic()
         for tp, queue in self.waiting.items():
             for offset, item in list(queue.items()):

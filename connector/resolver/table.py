@@ -25,7 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from connector.config import Settings
+from connector.config import KafkaSettings, ResolverSettings
 from connector.kafka.clients import make_consumer
 from connector.records import RequestEntry, SourceRef, epoch
 
@@ -52,9 +52,10 @@ Row = bytes
 class RequestTable:
     """In-memory view of the assigned ``hitl.requests`` partitions."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._s = settings
-        self._topic = settings.topics.requests
+    def __init__(self, kafka: KafkaSettings, topic: str, resolver: ResolverSettings) -> None:
+        self._kafka = kafka
+        self._r = resolver
+        self._topic = topic  # topics.requests
         # partition → request_id → Row (RequestEntry values are accepted too: a test seam)
         self._rows: dict[int, dict[str, Row | RequestEntry]] = {}
         self._values: list[Any] = []  # shared values, referenced by index from rows
@@ -74,7 +75,7 @@ class RequestTable:
         self.lag_probe: Callable[[], Awaitable[set[int]]] | None = None
 
     async def start(self) -> None:
-        self._consumer = make_consumer(self._s.kafka, role="resolver-table", group_id=None)
+        self._consumer = make_consumer(self._kafka, role="resolver-table", group_id=None)
         await self._consumer.start()
         # Let aiokafka's no-group coordinator task start: stopping it before it first ran
         # raises CancelledError from consumer.stop().
@@ -216,11 +217,11 @@ class RequestTable:
     def _remember(self, request_id: str) -> None:
         self._resolved[request_id] = None
         self._resolved.move_to_end(request_id)
-        while len(self._resolved) > self._s.resolver.resolved_memory:
+        while len(self._resolved) > self._r.resolved_memory:
             self._resolved.popitem(last=False)
 
     def _due_of(self, entry: RequestEntry) -> float:
-        r = self._s.resolver
+        r = self._r
         due = _INF
         timeout_at = epoch(entry.timeout_at)
         if timeout_at is not None:
@@ -286,7 +287,7 @@ class RequestTable:
         submitted_at = str(data["submitted_at"])
         traceparent = data.get("traceparent")
         event_id = str(data["event_id"]).encode(_UTF8, _SP)
-        r = self._s.resolver
+        r = self._r
         due = _INF
         timeout_epoch = epoch(timeout_at)
         if timeout_epoch is not None:

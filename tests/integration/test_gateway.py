@@ -58,7 +58,7 @@ def start_gateway(
 
         async def main() -> None:
             await ensure_topics(settings, create=True)
-            sink = KafkaCallbackSink(settings, timeout_seconds=3.0)
+            sink = KafkaCallbackSink(settings.kafka, settings.topics.callbacks, timeout_seconds=3.0)
             await sink.start()
             config = GatewayConfig(mode, SECRETS, TOKEN_SECRET, LIMIT, limits.body_timeout_seconds)
             app = GatewayApp(config, sink)
