@@ -31,6 +31,7 @@ from connector.kafka.role import drain
 from connector.metrics import Metrics
 from connector.resolver.reconciler import Reconciler
 from connector.resolver.service import Resolver
+from connector.submitter.batch import BatchProcessor
 from connector.submitter.service import Submitter
 
 log = logging.getLogger(__name__)
@@ -111,11 +112,13 @@ class ConnectorApp:
                 def callback_url_for(event_id: str) -> str | None:
                     return base + make_callback_token(event_id, secret)
 
+            processor = BatchProcessor(settings, self.client, callback_url_for=callback_url_for)
             self.submitter = Submitter(
-                settings,
-                self.client,
+                settings.kafka,
+                settings.topics.input,
+                settings.batch,
+                processor,
                 blocked_until=self.client.blocked_until,
-                callback_url_for=callback_url_for,
                 metrics=self.metrics,
             )
         if "resolver" in self.roles:

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from connector.config import Settings
+from connector.config import BatchSettings, KafkaSettings
 from connector.kafka.pipeline import Failure, Staged
 from connector.kafka.role import DEFAULT_PAUSE_SECONDS, Batch, TransactionalRole, staged
 from connector.metrics import Metrics
-from connector.submitter.batch import BatchProcessor, BatchStats, CreateClient
+from connector.submitter.batch import BatchProcessor, BatchStats
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +29,25 @@ class Submitter(TransactionalRole):
 
     def __init__(
         self,
-        settings: Settings,
-        client: CreateClient,
+        kafka: KafkaSettings,
+        input_topic: str,
+        batch: BatchSettings,
+        processor: BatchProcessor,
         *,
         blocked_until: Callable[[], float | None] | None = None,
-        callback_url_for: Callable[[str], str | None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(
             "submitter",
-            settings.kafka,
-            group_id=settings.kafka.group_id,
-            topic=settings.topics.input,
+            kafka,
+            group_id=kafka.group_id,
+            topic=input_topic,
             metrics=metrics,
-            max_records=settings.batch.max_records,
-            fetch_max_bytes=settings.batch.max_bytes,
-            linger_ms=settings.batch.linger_ms,
+            max_records=batch.max_records,
+            fetch_max_bytes=batch.max_bytes,
+            linger_ms=batch.linger_ms,
         )
-        self._processor = BatchProcessor(settings, client, callback_url_for=callback_url_for)
+        self._processor = processor
         self._blocked_until = blocked_until or (lambda: None)
 
     async def _process(self, batch: Batch) -> Staged | None:
