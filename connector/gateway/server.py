@@ -56,14 +56,14 @@ class _Protocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            self._arm_head_timer()  # the next request's head started (keep-alive)
         self._chunk = len(data)
         super().data_received(data)
         if self._in_head and not self.transport.is_closing():
-            # Bytes of a head that is still not complete: bounded, so a header line that never
-            # ends cannot grow without limit. (A chunk that ends one message and starts the
-            # next head is not counted: at most one read more than the limit.)
+            # A head still not complete after this read (a whole head in one read, the usual
+            # case, costs no timer): it must complete in time, and within the size cap, so a
+            # header line that never ends cannot grow without limit. (A read that ends one
+            # message and starts the next head is not counted: at most one read over.)
+            self._arm_head_timer()
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
                 self.transport.write(_TOO_LARGE)
@@ -78,12 +78,15 @@ class _Protocol(HttpToolsProtocol):
         return False
 
     def on_headers_complete(self) -> None:
+        at_most = self._head_bytes + self._chunk  # the head is within what was read so far
         self._in_head, self._head_bytes = False, 0
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > self.max_head_bytes:  # a whole head that came in one read
+        limit = self.max_head_bytes
+        if at_most > limit and (
+            len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > limit
+        ):  # a large head that came in one read
             self.transport.write(_TOO_LARGE)
             self.transport.close()
             return
