@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # Docs' client samples wait 60 s on a 429 that says nothing about when to come back.
 _DEFAULT_429_WAIT = 60.0
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_CACHED_URLS = 1024
 _MAX_MSG_CHARS = 500
 _RATE_LIMIT_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
@@ -168,8 +170,9 @@ async def _read(http: httpx.AsyncClient, request: httpx.Request) -> tuple[httpx.
 
 
 def _header_safe(value: str) -> bool:
-    """Printable ASCII only: an id from a record must never add a header line."""
-    return value.isascii() and value.isprintable()
+    """No control characters (CR, LF, NUL…): an id from a record must never add a header
+    line. Other characters go out as UTF-8, as the ids were written."""
+    return _CONTROL.search(value) is None
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

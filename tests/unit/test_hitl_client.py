@@ -691,3 +691,12 @@ def test_idempotency_key_with_line_breaks_is_refused_before_sending() -> None:
 
     server = run_client(body, created())
     assert server.calls == []
+
+
+def test_idempotency_key_with_non_ascii_text_goes_out_as_utf8() -> None:
+    async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
+        await create(client, key="evt-ü-🌍")
+
+    server = run_client(body, created())
+    ((_, request),) = server.calls
+    assert dict(request.headers.raw)[b"Idempotency-Key"] == "evt-ü-🌍".encode()
