@@ -27,10 +27,12 @@ from connector.hitl.observe import ApiMetrics
 from connector.hitl.tokens import make_callback_token
 from connector.kafka.admin import ensure_topics
 from connector.kafka.lag import LagTracker
+from connector.kafka.role import drain
 from connector.metrics import Metrics
 from connector.resolver.reconciler import Reconciler
-from connector.resolver.service import Resolver, drain_resolver
-from connector.submitter.service import Submitter, drain
+from connector.resolver.service import Resolver
+from connector.submitter.batch import BatchProcessor
+from connector.submitter.service import Submitter
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         secrets=tuple(s.get_secret_value().encode() for s in g.secrets),
         token_secrets=token_secrets(settings),
         max_body_bytes=g.max_body_bytes,
+        body_timeout_seconds=g.body_timeout_seconds,
         callback_signature=g.callback_signature,
     )
 
@@ -106,7 +109,8 @@ class ConnectorApp:
         self.resolver: Resolver | None = None
         self.reconciler: Reconciler | None = None
         self.gateway: GatewayServer | None = None
-        self.sink: KafkaCallbackSink | None = None
+        self.sink: KafkaCallbackSink | None = None  # the gateway's
+        self.poll_sink: KafkaCallbackSink | None = None  # the reconciler's own
         self._tasks: dict[str, asyncio.Task[None]] = {}
         secrets = token_secrets(settings)
         public = settings.gateway.public_url
@@ -119,37 +123,51 @@ class ConnectorApp:
                 def callback_url_for(event_id: str) -> str | None:
                     return base + make_callback_token(event_id, secret)
 
+            processor = BatchProcessor(settings, self.client, callback_url_for=callback_url_for)
             self.submitter = Submitter(
-                settings,
-                self.client,
+                settings.kafka,
+                settings.topics.input,
+                settings.batch,
+                processor,
                 blocked_until=self.client.blocked_until,
-                callback_url_for=callback_url_for,
                 metrics=self.metrics,
             )
         if "resolver" in self.roles:
-            self.resolver = Resolver(settings, metrics=self.metrics)
-        if {"gateway", "resolver"} & set(self.roles):
-            self.sink = KafkaCallbackSink(settings)
+            self.resolver = Resolver(
+                settings.kafka, settings.topics, settings.resolver, metrics=self.metrics
+            )
+        if "gateway" in self.roles:
+            self.sink = KafkaCallbackSink(
+                settings.kafka, settings.topics.callbacks, settings.topics.unmatched
+            )
         if "resolver" in self.roles and settings.resolver.reconcile:
-            assert self.resolver is not None and self.sink is not None
-            sink = self.sink
+            assert self.resolver is not None
+            # Its own producer: polled decisions do not queue behind (or fail with) webhooks.
+            sink = self.poll_sink = KafkaCallbackSink(
+                settings.kafka, settings.topics.callbacks, settings.topics.unmatched
+            )
 
             async def publish(request_id: str, callback: dict[str, Any], payload: Any) -> None:
                 await sink.publish(request_id, callback, payload, None, via="poll")
 
             self.reconciler = Reconciler(
-                settings, self.client, self.resolver.table, publish, metrics=self.metrics
+                settings.resolver,
+                settings.hitl,
+                self.client,
+                self.resolver.table,
+                publish,
+                metrics=self.metrics,
             )
         # Every role serves /healthz, /readyz and /metrics; only the gateway role takes webhooks.
         g = settings.gateway
         config = gateway_config(settings)
         webhook_sink = self.sink if "gateway" in self.roles else None
         http = GatewayApp(config, webhook_sink, metrics=self.metrics, ready=self.ready)
-        self.gateway = GatewayServer(http, g.host, g.port, g.http_server)
+        self.gateway = GatewayServer(http, g)
 
     def ready(self) -> bool:
         """Kafka producer and consumers ready (the gateway's /readyz)."""
-        sink_ok = self.sink is None or self.sink.ready()
+        sink_ok = all(s.ready() for s in (self.sink, self.poll_sink) if s is not None)
         resolver_ok = self.resolver is None or self.resolver.ready()
         return sink_ok and resolver_ok
 
@@ -162,6 +180,8 @@ class ConnectorApp:
             await self.resolver.start()
             self._tasks["resolver"] = asyncio.create_task(self.resolver.run(), name="resolver")
         if self.reconciler is not None:
+            assert self.poll_sink is not None
+            await self.poll_sink.start()
             self._tasks["reconciler"] = asyncio.create_task(self._reconcile(), name="reconciler")
         if self.metrics is not None:
             self._tasks["gauges"] = asyncio.create_task(self._gauges(self.metrics), name="gauges")
@@ -234,20 +254,12 @@ class ConnectorApp:
         if self.resolver is not None:
             task = tasks.get("resolver")
             if task is not None and not task.done():
-                await drain_resolver(self.resolver, task, deadline)
+                await drain(self.resolver, task, deadline)
             await self.resolver.stop()
-        if self.sink is not None:
-            await self.sink.stop()
+        for sink in (self.sink, self.poll_sink):
+            if sink is not None:
+                await sink.stop()
         await self.client.stop()
-        if self.submitter is not None:
-            s = self.submitter.stats
-            log.info(
-                "submitter stopped: consumed=%d created=%d policy=%d dlq=%s",
-                s.consumed,
-                s.created,
-                s.policy,
-                s.dlq,
-            )
 
 
 async def run_app(settings: Settings, role: str = "all", stop: asyncio.Event | None = None) -> int:

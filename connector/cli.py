@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -166,15 +168,30 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     return _run_async(run_from_args(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from connector import devkafka, dlq, loadgen
-    from connector.sandbox import server as sandbox_server
+class _Parser(argparse.ArgumentParser):
+    """A subcommand parser; with ``options_from`` its options are added by that module's
+    ``add_arguments`` only when the subcommand is used, so ``run`` never imports dev tools
+    (the sandbox, dev-kafka, loadgen) or the DLQ tool."""
 
+    def __init__(self, *args: Any, options_from: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._options_from = options_from
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._options_from is not None:
+            importlib.import_module(self._options_from).add_arguments(self)
+            self._options_from = None
+        return super().parse_known_args(args, namespace)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hitl-connector",
         description="Human-in-the-loop review for Kafka pipelines (HITL.sh).",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("run", help="run the connector")
     _add_config(p)
@@ -220,22 +237,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=cmd_webhooks_list)
 
-    p = sub.add_parser("sandbox", help="run the local HITL.sh stand-in")
-    sandbox_server.add_arguments(p)
+    p = sub.add_parser(
+        "sandbox", help="run the local HITL.sh stand-in", options_from="connector.sandbox.server"
+    )
     p.set_defaults(func=cmd_sandbox)
 
-    p = sub.add_parser("dev-kafka", help="run a local single-node Kafka broker")
-    devkafka.add_arguments(p)
+    p = sub.add_parser(
+        "dev-kafka", help="run a local single-node Kafka broker", options_from="connector.devkafka"
+    )
     p.set_defaults(func=cmd_dev_kafka)
 
-    p = sub.add_parser("loadgen", help="produce content events to the input topic")
-    loadgen.add_arguments(p)
+    p = sub.add_parser(
+        "loadgen",
+        help="produce content events to the input topic",
+        options_from="connector.loadgen",
+    )
     p.set_defaults(func=cmd_loadgen)
 
     dlq_parser = sub.add_parser("dlq", help="the dead-letter topic")
-    dsub = dlq_parser.add_subparsers(dest="dlq_command", required=True)
-    p = dsub.add_parser("replay", help="re-publish DLQ records (filtered) to the input topic")
-    dlq.add_arguments(p)
+    dsub = dlq_parser.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
+    p = dsub.add_parser(
+        "replay",
+        help="re-publish DLQ records (filtered) to the input topic",
+        options_from="connector.dlq",
+    )
     p.set_defaults(func=cmd_dlq_replay)
     return parser
 

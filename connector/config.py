@@ -112,7 +112,6 @@ class HitlSettings(_Section):
     max_in_flight: int = Field(default=32, ge=1, le=1024)
     circuit_failure_threshold: int = Field(default=5, ge=1)
     circuit_open_seconds: float = Field(default=15.0, gt=0)
-    transport: Literal["h1", "aiohttp", "httpx"] = "h1"
     platform_version: str | None = None
 
     @model_validator(mode="after")
@@ -242,8 +241,11 @@ class GatewaySettings(_Section):
     # checked is counted and logged) or `token-and-signature` (a valid signature too).
     callback_signature: Literal["token", "token-and-signature"] = "token"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    # HTTP server: `builtin` (lean HTTP/1.1 server, least CPU per webhook) or `uvicorn`.
-    http_server: Literal["builtin", "uvicorn"] = "builtin"
+    limit_concurrency: int = Field(default=1000, ge=1)
+    keep_alive_seconds: float = Field(default=5.0, gt=0)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=16_384, ge=1024)
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -47,14 +47,35 @@ from aiokafka.errors import KafkaError
 from connector.errors import KafkaSetupError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEPLOY_DIR = REPO_ROOT / "deploy" / "kafka"
+
+
+def _deploy_dir() -> Path:
+    """``deploy/kafka`` in a checkout; else (an installed package) a cache directory seeded
+    with the pom and log4j config packaged in ``connector/_devkafka``."""
+    checkout = REPO_ROOT / "deploy" / "kafka"
+    if (checkout / "pom.xml").is_file():
+        return checkout
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    target = cache / "hitl-connector" / "kafka"
+    packaged = Path(__file__).resolve().parent / "_devkafka"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("pom.xml", "log4j2.properties"):
+        source = packaged / name
+        if source.is_file() and (
+            not (target / name).is_file() or (target / name).read_bytes() != source.read_bytes()
+        ):
+            shutil.copyfile(source, target / name)
+    return target
+
+
+DEPLOY_DIR = _deploy_dir()
 MIN_JAVA = 17
 DEFAULT_HEAP = "512m"
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_STOP_TIMEOUT = 30.0
 _STAMP = ".resolved"
 _INSTALL_HINT = (
-    "install Maven (apt-get install maven) so deploy/kafka/pom.xml can be resolved, "
+    f"install Maven (apt-get install maven) so {DEPLOY_DIR / 'pom.xml'} can be resolved, "
     "or set KAFKA_HOME to an unpacked Apache Kafka 4.x distribution"
 )
 

@@ -23,7 +23,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 from aiokafka import TopicPartition
@@ -32,7 +31,7 @@ from connector.config import Settings, load_settings
 from connector.errors import ConfigError, KafkaSetupError
 from connector.kafka.admin import partition_ids
 from connector.kafka.clients import make_consumer, make_producer
-from connector.records import DLQ_REASONS, find_header, iso_from_ms
+from connector.records import DLQ_REASONS, epoch, find_header, iso_from_ms
 
 H_REPLAYED_FROM: Final = "hitl-replayed-from"
 NO_REASON: Final = "(none)"
@@ -54,16 +53,13 @@ def parse_time(text: str, *, now: float | None = None) -> int:
     if match:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         return int(((time.time() if now is None else now) - seconds) * 1000)
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+    stamp = epoch(value)
+    if stamp is None:
         raise ValueError(
             f"{text!r} is neither an ISO timestamp (2026-11-27T10:00:00Z) nor a relative "
             "time (30m, 2h, 7d, 1w)"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+        )
+    return int(stamp * 1000)
 
 
 def _time_arg(text: str) -> int:

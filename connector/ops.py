@@ -6,66 +6,52 @@ Each reads state from Kafka or HITL.sh and prints it; none commits consumer offs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict
-from datetime import datetime
 from typing import Any
 
-import orjson
-from aiokafka import TopicPartition
-
 from connector.config import Settings
-from connector.errors import ConfigError
+from connector.errors import ConfigError, KafkaSetupError
 from connector.gateway.sink import KafkaCallbackSink
 from connector.hitl.client import HitlClient
 from connector.kafka.admin import partition_ids
-from connector.kafka.clients import make_consumer
-from connector.records import RequestEntry
+from connector.records import RequestEntry, epoch
 from connector.resolver.reconciler import Reconciler, ReconcileResult
 from connector.resolver.table import RequestTable
 
 
+@contextlib.asynccontextmanager
+async def _restored_table(settings: Settings) -> AsyncIterator[tuple[RequestTable, list[int]]]:
+    """The request table of every partition, restored as the resolver restores it."""
+    table = RequestTable(settings.kafka, settings.topics.requests, settings.resolver)
+    await table.start()
+    try:
+        parts = await partition_ids(settings, settings.topics.requests)
+        await table.assign(parts)
+        if not await table.wait_ready(parts, settings.resolver.restore_timeout_seconds):
+            raise KafkaSetupError(
+                f"{settings.topics.requests} was not read to its end within "
+                "resolver.restore_timeout_seconds; check the brokers or raise it"
+            )
+        yield table, parts
+    finally:
+        await table.stop()
+
+
 async def read_pending(settings: Settings) -> list[RequestEntry]:
     """Every request in ``hitl.requests`` that has no tombstone yet."""
-    topic = settings.topics.requests
-    tps = [TopicPartition(topic, p) for p in await partition_ids(settings, topic)]
-    if not tps:
-        return []
-    consumer = make_consumer(settings.kafka, role="ops", group_id=None)
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        rows: dict[str, RequestEntry] = {}
-
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < end[tp] for tp in tps])
-
-        while await behind():
-            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            for records in batch.values():
-                for rec in records:
-                    if rec.key is None:
-                        continue
-                    rid = rec.key.decode("utf-8", "replace")
-                    if rec.value is None:
-                        rows.pop(rid, None)
-                        continue
-                    try:
-                        rows[rid] = RequestEntry.from_json(orjson.loads(rec.value))
-                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                        continue
-        return sorted(rows.values(), key=lambda e: e.submitted_at)
-    finally:
-        await consumer.stop()
+    async with _restored_table(settings) as (table, parts):
+        rows = [entry for p in parts for entry in table.rows(p)]
+    return sorted(rows, key=lambda e: e.submitted_at)
 
 
 def _age(iso: str, now: float) -> str:
-    try:
-        seconds = now - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    stamp = epoch(iso)
+    if stamp is None:
         return "?"
+    seconds = now - stamp
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:
@@ -89,23 +75,19 @@ async def reconcile_once(settings: Settings) -> ReconcileResult:
     """One reconciler pass over every partition, now (overdue requests only)."""
     if settings.hitl.api_key is None:
         raise ConfigError("HITL_API_KEY is not set; reconcile must call HITL.sh")
-    table = RequestTable(settings)
-    sink = KafkaCallbackSink(settings)
-    async with HitlClient(settings.hitl) as client:
-        await table.start()
+    sink = KafkaCallbackSink(settings.kafka, settings.topics.callbacks, settings.topics.unmatched)
+    async with HitlClient(settings.hitl) as client, _restored_table(settings) as (table, _):
         await sink.start()
         try:
-            parts = await partition_ids(settings, settings.topics.requests)
-            await table.assign(parts)
-            await table.wait_ready(parts, settings.resolver.restore_timeout_seconds)
 
             async def publish(request_id: str, callback: dict[str, Any], payload: Any) -> None:
                 await sink.publish(request_id, callback, payload, None, via="poll")
 
-            return await Reconciler(settings, client, table, publish).run_once()
+            return await Reconciler(
+                settings.resolver, settings.hitl, client, table, publish
+            ).run_once()
         finally:
             await sink.stop()
-            await table.stop()
 
 
 def format_result(result: ReconcileResult) -> str:

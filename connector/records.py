@@ -72,6 +72,20 @@ def iso_from_ms(timestamp_ms: int | None) -> str | None:
     return _iso(second, millis * 1000)
 
 
+def epoch(text: object) -> float | None:
+    """Epoch seconds of an ISO-8601 timestamp (``Z`` allowed, no offset read as UTC); None
+    when absent or unreadable. Every timestamp the connector reads goes through here."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def iso_now(now: float) -> str:
     frac, whole = math.modf(now)  # rounded as datetime.fromtimestamp rounds
     micros = round(frac * 1e6)

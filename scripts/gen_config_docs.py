@@ -84,10 +84,6 @@ NOTES: dict[str, str] = {
     "hitl.max_in_flight": "Concurrent API calls (and pooled connections) per process.",
     "hitl.circuit_failure_threshold": "Consecutive failures that open the circuit breaker.",
     "hitl.circuit_open_seconds": "How long the circuit stays open before a probe.",
-    "hitl.transport": (
-        "HTTP client: `h1` (built-in HTTP/1.1 keep-alive pool, least CPU), `aiohttp`, or "
-        "`httpx` (stock httpcore pool)."
-    ),
     "hitl.platform_version": "Sent as `platform_version` on every create, when set.",
     "loops.default": "Loop id used when no per-event `loop_id` or route matches.",
     "loops.allow_event_override": "Honour a `loop_id` field in the event.",
@@ -146,6 +142,16 @@ NOTES: dict[str, str] = {
         "webhook secrets are used."
     ),
     "gateway.max_body_bytes": "Larger webhook bodies get 413.",
+    "gateway.limit_concurrency": (
+        "Connections and requests at once; beyond it new requests get 503 (uvicorn)."
+    ),
+    "gateway.keep_alive_seconds": "An idle keep-alive connection is closed after this long.",
+    "gateway.header_timeout_seconds": (
+        "A request head (and a new connection's first bytes) must arrive within this; else "
+        "the connection is closed."
+    ),
+    "gateway.max_header_bytes": "A larger request head gets 431 and the connection is closed.",
+    "gateway.body_timeout_seconds": "A webhook body must arrive within this; else 408.",
     "resolver.restore_timeout_seconds": "Longest wait to load the request table at assignment.",
     "resolver.reconcile": "Poll HITL.sh for overdue requests (the reconciler).",
     "resolver.reconcile_interval_seconds": "How often the reconciler looks for overdue requests.",

@@ -8,8 +8,9 @@ an unknown event or an unknown status is kept with its raw bytes and a reason on
 topic (``sink.publish_unusable``) and answered 200. Answers:
 
 - 200 accepted (durable), kept (durable, unusable) or ignored (a documented non-request event);
-- 401 bad or missing signature / token; 404 unknown path; 405 wrong method; 413 body over the
-  limit (no 415: an authenticated body that is not JSON is kept like any unusable one);
+- 401 bad or missing signature / token; 404 unknown path; 405 wrong method; 408 body not in
+  within its deadline (and the connection closed); 413 body over the limit (no 415: an
+  authenticated body that is not JSON is kept like any unusable one);
 - 503 + ``Retry-After`` when Kafka cannot take the record, so HITL.sh retries.
 
 Never 500 on input: every parse path is guarded. A plain ASGI app (no framework) because this
@@ -18,14 +19,15 @@ is the hot path of the webhook benchmark.
 
 from __future__ import annotations
 
-import collections
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from prometheus_client import make_asgi_app
 
 from connector.errors import ConfigError
 from connector.hitl.payloads import Ignored, MalformedPayload, normalize_webhook, request_id_hint
@@ -72,19 +74,18 @@ class SinkUnavailable(Exception):
     """Kafka did not acknowledge the record; answer 503 so the sender retries."""
 
 
-@dataclass
-class GatewayStats:
-    """Outcome counts (bounded label set) and recent ack times, mirrored into metrics."""
+class _SlowBody(Exception):
+    """The body did not arrive within ``body_timeout_seconds``: 408, and the task is freed."""
 
-    metrics: Metrics | None = None
-    outcomes: dict[str, int] = field(default_factory=dict)
-    ack_seconds: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=10_000)  # the latest, for tests/bench
-    )
-    _children: dict[str, Any] = field(default_factory=dict, repr=False)
+
+class GatewayStats:
+    """Outcome counts and ack times, kept only in Prometheus (tests read the registry)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+        self._children: dict[str, Any] = {}
 
     def count(self, outcome: str) -> None:
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         if self.metrics is not None:
             child = self._children.get(outcome)
             if child is None:  # the label lookup once per outcome, not per webhook
@@ -92,7 +93,6 @@ class GatewayStats:
             child.inc()
 
     def acked(self, seconds: float) -> None:
-        self.ack_seconds.append(seconds)
         if self.metrics is not None:
             self.metrics.webhook_ack.observe(seconds)
 
@@ -105,6 +105,7 @@ class GatewayConfig:
     secrets: tuple[bytes, ...] = ()
     token_secrets: tuple[bytes, ...] = ()
     max_body_bytes: int = 1024 * 1024
+    body_timeout_seconds: float = 10.0
     callback_signature: str = "token"
 
 
@@ -178,7 +179,7 @@ class GatewayApp:
         self.config = config
         self.sink = sink
         self.stats = GatewayStats(metrics)
-        self._metrics = metrics
+        self._metrics_app = make_asgi_app(metrics.registry) if metrics is not None else None
         self._ready = ready or (sink.ready if sink is not None else (lambda: True))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -194,7 +195,13 @@ class GatewayApp:
                 await _respond(send, 405, b'{"error":"method not allowed"}', [(b"allow", b"POST")])
                 return
             start = time.perf_counter()
-            status, body, extra = await self._webhook(scope, receive, path)
+            try:
+                status, body, extra = await self._webhook(scope, receive, path)
+            except _SlowBody:
+                self.stats.count("slow_body")
+                close = [(b"connection", b"close")]
+                await _respond(send, 408, b'{"error":"body not received in time"}', close)
+                return
             await _respond(send, status, body, extra)
             if status == 200:
                 self.stats.acked(time.perf_counter() - start)
@@ -209,16 +216,8 @@ class GatewayApp:
             await _respond(
                 send, 200 if ok else 503, b'{"ready":%s}' % (b"true" if ok else b"false")
             )
-        elif path == "/metrics" and self._metrics is not None:
-            body = self._metrics.render()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+        elif path == "/metrics" and self._metrics_app is not None:
+            await self._metrics_app(scope, receive, send)
         else:
             await _respond(send, 404, b'{"error":"not found"}')
 
@@ -232,7 +231,11 @@ class GatewayApp:
                 return
 
     async def _read_body(self, receive: Receive, content_length: bytes | None) -> bytes | None:
-        """The raw body, or None when it exceeds the limit (checked before and while reading)."""
+        """The raw body, or None when it exceeds the limit (checked before and while reading).
+
+        Raises ``_SlowBody`` past ``body_timeout_seconds``: a client that announces a body and
+        trickles it must not hold this task (and a concurrency slot) for longer.
+        """
         limit = self.config.max_body_bytes
         if content_length is not None:
             try:
@@ -240,6 +243,14 @@ class GatewayApp:
                     return None
             except ValueError:
                 return None
+        try:
+            async with asyncio.timeout(self.config.body_timeout_seconds):
+                return await self._receive_body(receive, limit)
+        except TimeoutError:
+            raise _SlowBody from None
+
+    @staticmethod
+    async def _receive_body(receive: Receive, limit: int) -> bytes | None:
         message = await receive()
         if message["type"] != "http.request":
             return b""

@@ -1,9 +1,12 @@
-"""Serving the gateway's ASGI app inside the connector's own event loop.
+"""Serving the gateway's ASGI app with uvicorn (httptools) inside the connector's event loop.
 
-Two HTTP servers: the built-in one (``connector.gateway.http``, the default: least CPU per
-webhook) or uvicorn (``gateway.http_server: uvicorn``). uvicorn normally installs its own
-signal handlers; here the app owns signals and the shutdown order, so either server is
-started and stopped like any other component.
+uvicorn normally installs its own signal handlers; here the app owns signals and the shutdown
+order, so the server is started and stopped like any other component. Its limits come from
+``GatewaySettings``: concurrency (503 beyond), keep-alive. uvicorn's httptools protocol has no
+bound on a request's head, so ``_Protocol`` adds one: the head must arrive within
+``header_timeout_seconds`` (a new connection that sends nothing counts, which also closes
+idle connections) and within ``max_header_bytes`` (else 431). The body's deadline is the
+app's (``GatewayApp``): it holds the task that reads it.
 """
 
 from __future__ import annotations
@@ -13,14 +16,115 @@ import contextlib
 import logging
 import socket
 from collections.abc import Generator
-from typing import Literal
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from connector.config import GatewaySettings
 from connector.gateway.app import GatewayApp
-from connector.gateway.http import HttpServer
 
 log = logging.getLogger(__name__)
+
+_TOO_LARGE_BODY = b"request head is too large"
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
+)
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline and a size cap on each request head."""
+
+    head_timeout: float = 10.0
+    max_head_bytes: int = 16_384
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = self._chunk = 0
+        self._in_head = True
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._chunk = len(data)
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            # A head still not complete after this read (a whole head in one read, the usual
+            # case, costs no timer): it must complete in time, and within the size cap, so a
+            # header line that never ends cannot grow without limit. (A read that ends one
+            # message and starts the next head is not counted: at most one read over.)
+            self._arm_head_timer()
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_bytes:
+                self.transport.write(_TOO_LARGE)
+                self.transport.close()
+
+    def eof_received(self) -> bool:  # type: ignore[override]
+        # The client sent all it will (a half-close): finish the answer in progress, then
+        # close. uvicorn's own protocol closes at once and the answer is lost.
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            return True
+        return False
+
+    def on_headers_complete(self) -> None:
+        at_most = self._head_bytes + self._chunk  # the head is within what was read so far
+        self._in_head, self._head_bytes = False, 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        limit = self.max_head_bytes
+        if at_most > limit and (
+            len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > limit
+        ):  # a large head that came in one read
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
+            return
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, -self._chunk
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+
+def _protocol(settings: GatewaySettings) -> type[_Protocol]:
+    limits: dict[str, Any] = {
+        "head_timeout": settings.header_timeout_seconds,
+        "max_head_bytes": settings.max_header_bytes,
+    }
+    return type("GatewayHttpProtocol", (_Protocol,), limits)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0 picks a free port), for uvicorn to serve on.
+
+    ``IPPROTO_TCP`` explicitly: with proto 0 asyncio skips TCP_NODELAY on accepted sockets,
+    and every response then stalls ~40 ms on delayed ACKs.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -29,74 +133,55 @@ class _Server(uvicorn.Server):
         yield  # the connector app handles SIGTERM/SIGINT
 
 
-class _Uvicorn:
-    """uvicorn on an already bound socket."""
+class GatewayServer:
+    """Serves ``app`` on ``host:port`` (port 0 picks a free one); ``stop`` drains requests."""
 
-    def __init__(self, app: GatewayApp) -> None:
+    def __init__(self, app: GatewayApp, settings: GatewaySettings) -> None:
+        self.app = app
+        self.host = settings.host
+        self._sock = bind_socket(settings.host, settings.port)
+        self.port = int(self._sock.getsockname()[1])
         config = uvicorn.Config(
             app,
             log_level="warning",
             access_log=False,
             lifespan="on",
-            http="httptools",
+            http=_protocol(settings),
+            ws="none",
             # The event loop is the connector's (uvloop, installed by the CLI). No proxy-header
-            # middleware (nothing here uses the client address) and no Server header: less
-            # work per request on the webhook hot path.
+            # middleware (nothing here uses the client address) and no Server header.
             proxy_headers=False,
             server_header=False,
-            timeout_graceful_shutdown=10,  # as the built-in server's stop()
+            limit_concurrency=settings.limit_concurrency,
+            timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
+            timeout_graceful_shutdown=10,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
-
-    async def start(self, sock: socket.socket) -> None:
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway")
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-class GatewayServer:
-    """Serves ``app`` on ``host:port`` (port 0 picks a free one); ``stop`` drains requests."""
-
-    def __init__(
-        self,
-        app: GatewayApp,
-        host: str,
-        port: int,
-        http_server: Literal["builtin", "uvicorn"] = "builtin",
-    ) -> None:
-        self.app = app
-        self.host = host
-        # IPPROTO_TCP explicitly: with proto 0 asyncio skips TCP_NODELAY on accepted sockets.
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.port = int(self._sock.getsockname()[1])
-        self._server = HttpServer(app) if http_server == "builtin" else _Uvicorn(app)
-        self._started = False
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
         return f"http://{host}:{self.port}"
 
+    @property
+    def load(self) -> tuple[int, int]:
+        """Open connections and requests in progress, as uvicorn counts them for its limit."""
+        state = self._server.server_state
+        return len(state.connections), len(state.tasks)
+
     async def start(self) -> None:
-        await self._server.start(self._sock)
-        self._started = True
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name="gateway")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
         log.info("gateway listening on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
-        if self._started:
-            self._started = False
-            await self._server.stop()
+        task, self._task = self._task, None
+        if task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._sock.close()  # bound in __init__: release it even if start() never ran

@@ -28,7 +28,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from connector.config import Settings
+from connector.config import KafkaSettings
 from connector.gateway.app import SinkUnavailable, Unusable
 from connector.kafka.batches import BatchWriter
 from connector.kafka.clients import make_producer
@@ -101,10 +101,12 @@ def unusable_value(
 class KafkaCallbackSink:
     """Publishes callbacks in batches with an idempotent producer; tracks whether Kafka answers."""
 
-    def __init__(self, settings: Settings, *, timeout_seconds: float = 5.0) -> None:
-        self._topic = settings.topics.callbacks
-        self._unmatched = settings.topics.unmatched
-        self._kafka = settings.kafka
+    def __init__(
+        self, kafka: KafkaSettings, topic: str, unmatched: str, *, timeout_seconds: float = 5.0
+    ) -> None:
+        self._topic = topic  # topics.callbacks
+        self._unmatched = unmatched  # topics.unmatched: authenticated but unusable deliveries
+        self._kafka = kafka
         self._timeout = timeout_seconds
         self._producer: AIOKafkaProducer | None = None
         self._last_failure = 0.0

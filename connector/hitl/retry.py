@@ -13,9 +13,11 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
+
+from connector.records import epoch
 
 _DELTA_SECONDS = re.compile(r"\d{1,15}(?:\.\d{1,9})?")
 _INT = re.compile(r"-?\d{1,15}(?:\.\d{1,9})?")
@@ -55,16 +57,6 @@ def _parse_http_date(text: str) -> float | None:
     return stamp if math.isfinite(stamp) else None
 
 
-def _parse_iso(text: str) -> float | None:
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
-    except _PARSE_ERRORS:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class RateLimitInfo:
     """What the server said about the key's budget; ``reset_at`` is wall-clock epoch seconds."""
@@ -89,7 +81,7 @@ def _number(value: Any) -> float | None:
 def _reset_epoch(value: Any, now: float) -> float | None:
     number = _number(value)
     if number is None:
-        return _parse_iso(value) if isinstance(value, str) else None
+        return epoch(value) if isinstance(value, str) else None
     if number < 0:
         return None
     if number >= _MILLIS:

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import orjson
 
-from connector.config import Settings
+from connector.config import TopicSettings
 from connector.hitl.payloads import NormalizedCallback, normalize_webhook
 from connector.metrics import Metrics
 from connector.records import (
@@ -44,7 +44,7 @@ NON_TERMINAL_JOINED: Final = frozenset(PROGRESS_KIND)
 
 @dataclass(slots=True)
 class JoinStats:
-    """What joining produced. Per batch until committed, then merged into the totals."""
+    """What joining produced in one batch; counted in Prometheus once its transaction commits."""
 
     decisions: dict[tuple[str | None, str, str], int] = field(default_factory=dict)
     escalations: int = 0
@@ -57,17 +57,6 @@ class JoinStats:
 
     def unmatched_reason(self, reason: str) -> None:
         self.unmatched[reason] = self.unmatched.get(reason, 0) + 1
-
-    def merge(self, other: JoinStats) -> None:
-        for key, n in other.decisions.items():
-            self.decisions[key] = self.decisions.get(key, 0) + n
-        for reason, n in other.unmatched.items():
-            self.unmatched[reason] = self.unmatched.get(reason, 0) + n
-        for kind, n in other.unmatched_choices.items():
-            self.unmatched_choices[kind] = self.unmatched_choices.get(kind, 0) + n
-        self.escalations += other.escalations
-        self.duplicates += other.duplicates
-        self.ignored += other.ignored
 
     def observe(self, m: Metrics) -> None:
         decided = 0
@@ -150,10 +139,9 @@ def _renormalized(data: dict[str, Any]) -> NormalizedCallback:
 class Joiner:
     """Turns callbacks into output records against the request table."""
 
-    def __init__(self, settings: Settings, table: RequestTable) -> None:
-        self._s = settings
+    def __init__(self, topics: TopicSettings, table: RequestTable) -> None:
+        self._topics = topics
         self._table = table
-        self.stats = JoinStats()  # totals of committed batches
         self.batch = JoinStats()  # the batch in progress
 
     def take_batch(self) -> JoinStats:
@@ -163,7 +151,6 @@ class Joiner:
 
     def count(self, batch: JoinStats, metrics: Metrics | None) -> None:
         """A batch was committed: count it."""
-        self.stats.merge(batch)
         if metrics is not None:
             batch.observe(metrics)
 
@@ -182,7 +169,7 @@ class Joiner:
         )
         self.batch.unmatched_reason(reason)
         headers = [("error.reason", reason.encode())]
-        return OutRecord(self._s.topics.unmatched, key, value, headers)
+        return OutRecord(self._topics.unmatched, key, value, headers)
 
     def join(
         self, partition: int, key: bytes | None, value: bytes | None, now: float | None = None
@@ -204,7 +191,7 @@ class Joiner:
         if parsed.callback.terminal:
             self._table.resolve(partition, parsed.request_id)
             return self._decision(entry, parsed, now)
-        if status in NON_TERMINAL_JOINED and self._s.topics.escalations:
+        if status in NON_TERMINAL_JOINED and self._topics.escalations:
             self.batch.escalations += 1
             return [self._escalation(entry, parsed, now)]
         self.batch.ignored += 1
@@ -264,15 +251,15 @@ class Joiner:
         if human is not None:
             self.batch.human_seconds.append((entry.loop_id, human))
         tombstone = OutRecord(
-            self._s.topics.requests,
+            self._topics.requests,
             entry.request_id.encode(),
             None,
             base_headers("hitl.request.tombstone.v1", request_id=entry.request_id),
         )
-        return [OutRecord(self._s.topics.output, key, dumps(value), headers), tombstone]
+        return [OutRecord(self._topics.output, key, dumps(value), headers), tombstone]
 
     def _escalation(self, entry: RequestEntry, parsed: ParsedCallback, now: float) -> OutRecord:
-        assert self._s.topics.escalations is not None
+        assert self._topics.escalations is not None
         cb = parsed.callback
         value = {
             "schema": SCHEMA_ESCALATION,
@@ -292,4 +279,4 @@ class Joiner:
             SCHEMA_ESCALATION, event_id=entry.event_id, request_id=entry.request_id
         )
         key = entry.key if entry.key is not None else entry.event_id.encode()
-        return OutRecord(self._s.topics.escalations, key, dumps(value), headers)
+        return OutRecord(self._topics.escalations, key, dumps(value), headers)

@@ -31,14 +31,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
-from connector.config import Settings
+from connector.config import HitlSettings, ResolverSettings
 from connector.errors import HitlError, HitlPermanentError
 from connector.hitl.payloads import MalformedPayload, NormalizedCallback, normalize_request_object
 from connector.metrics import Metrics
-from connector.records import RequestEntry
+from connector.records import RequestEntry, epoch
 from connector.resolver.table import RequestTable
 
 log = logging.getLogger(__name__)
@@ -79,28 +78,21 @@ class ReconcileResult:
     sweep_found: int = 0
 
 
-def _epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 class Reconciler:
     """Polls HITL.sh for overdue requests within a share of the API budget."""
 
     def __init__(
         self,
-        settings: Settings,
+        resolver: ResolverSettings,
+        hitl: HitlSettings,
         client: PollClient,
         table: RequestTable,
         publish: Publish,
         *,
         metrics: Metrics | None = None,
     ) -> None:
-        self._s = settings
+        self._r = resolver
+        self._hitl = hitl
         self._m = metrics
         self._client = client
         self._table = table
@@ -120,11 +112,11 @@ class Reconciler:
         self.sweep_calls = 0
 
     def _budget(self) -> int:
-        h = self._s.hitl
-        return max(1, int(h.rate_limit_calls * self._s.resolver.reconcile_budget_share))
+        h = self._hitl
+        return max(1, int(h.rate_limit_calls * self._r.reconcile_budget_share))
 
     def _take_call(self, now: float) -> bool:
-        window = self._s.hitl.rate_limit_window_seconds
+        window = self._hitl.rate_limit_window_seconds
         if now - self._window_start >= window:
             self._window_start, self._window_calls = now, 0
         if self._window_calls >= self._budget():
@@ -134,7 +126,7 @@ class Reconciler:
         return True
 
     def overdue(self, now: float, skip: Collection[int] = ()) -> list[RequestEntry]:
-        repoll = self._s.resolver.reconcile_repoll_seconds
+        repoll = self._r.reconcile_repoll_seconds
         polled = self._polled
         return [
             e for e in self._table.due(now, skip) if now - polled.get(e.request_id, -1e18) >= repoll
@@ -150,7 +142,7 @@ class Reconciler:
             return set()
         lagging = await probe()
         mono = time.monotonic()
-        cap = max(30.0, 3 * self._s.resolver.reconcile_interval_seconds)
+        cap = max(30.0, 3 * self._r.reconcile_interval_seconds)
         for p in set(self._lagging_since) - lagging:
             del self._lagging_since[p]
         return {p for p in lagging if mono - self._lagging_since.setdefault(p, mono) < cap}
@@ -177,7 +169,7 @@ class Reconciler:
         if not self._take_call(mono):
             result.budget_exhausted = True
             return
-        pace = self._s.hitl.rate_limit_window_seconds / max(1.0, self._budget() * SWEEP_PART)
+        pace = self._hitl.rate_limit_window_seconds / max(1.0, self._budget() * SWEEP_PART)
         self._next_sweep = mono + pace
         self._sweep_tokens -= 1
         offset = self._sweep_offset
@@ -196,10 +188,10 @@ class Reconciler:
                 cb = normalize_request_object(obj)
             except MalformedPayload:
                 continue
-            created = _epoch(obj.get("created_at")) if isinstance(obj, dict) else None
+            created = epoch(obj.get("created_at")) if isinstance(obj, dict) else None
             if created is not None:
                 oldest_on_page = min(oldest_on_page, created)
-            repoll = self._s.resolver.reconcile_repoll_seconds
+            repoll = self._r.reconcile_repoll_seconds
             recent = now - self._polled.get(cb.request_id, -1e18) < repoll
             if cb.terminal and not recent and self._in_table(cb.request_id):
                 await self._publish(cb.request_id, cb.to_json(), None)
@@ -229,7 +221,7 @@ class Reconciler:
     async def run_once(self, now: float | None = None) -> ReconcileResult:
         now = time.time() if now is None else now
         result = ReconcileResult()
-        if self._s.resolver.reconcile_sweep:
+        if self._r.reconcile_sweep:
             await self.sweep(now, result)
         skip = await self._deferred()
         result.deferred_partitions = len(skip)
@@ -237,7 +229,7 @@ class Reconciler:
         result.overdue = len(overdue)
         if not overdue:
             return result
-        oldest = min((_epoch(e.submitted_at) or now) for e in overdue.values())
+        oldest = min((epoch(e.submitted_at) or now) for e in overdue.values())
         found: dict[str, NormalizedCallback] = {}
         offset = 0
         # Paging never costs more calls than single GETs of what is still missing would
@@ -260,7 +252,7 @@ class Reconciler:
                     cb = normalize_request_object(obj)
                 except MalformedPayload:
                     continue
-                created = _epoch(obj.get("created_at")) if isinstance(obj, dict) else None
+                created = epoch(obj.get("created_at")) if isinstance(obj, dict) else None
                 if created is not None:
                     oldest_on_page = min(oldest_on_page, created)
                 if cb.request_id in overdue:
@@ -315,6 +307,6 @@ class Reconciler:
         return result
 
     def _forget_old(self, now: float) -> None:
-        horizon = self._s.resolver.reconcile_repoll_seconds
+        horizon = self._r.reconcile_repoll_seconds
         if len(self._polled) > 100_000:
             self._polled = {k: t for k, t in self._polled.items() if now - t < horizon}

@@ -1,10 +1,11 @@
 """The resolver role: ``hitl.callbacks`` ⋈ ``hitl.requests`` → decisions, one transaction a batch.
 
-Order of one iteration: fetch callbacks → [lock] make sure the table partitions are restored
-→ join each callback (decision + tombstone, escalation, unmatched, or wait) → re-try callbacks
-that were waiting; expire those older than the TTL to the unmatched topic → stage outputs and
-offsets for the commit pipeline [unlock]. The pipeline commits while the next batch is joined;
-joins see the table as the earlier, still committing, batches left it.
+The loop (fetch, settle on revoke, failures, drain) is ``TransactionalRole``'s. This module
+supplies ``_process``: make sure the table partitions are restored → join each callback
+(decision + tombstone, escalation, unmatched, or wait) → re-try callbacks that were waiting;
+expire those older than the TTL to the unmatched topic → staged outputs and offsets. The
+pipeline commits while the next batch is joined; joins see the table as the earlier, still
+committing, batches left it.
 
 Offsets: a partition commits up to its oldest waiting callback, never past it, so a crash
 cannot lose a callback that had no request yet. Callbacks after it that were resolved are
@@ -15,21 +16,18 @@ offsets and the table is restored again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from connector.config import Settings
-from connector.kafka.clients import make_consumer
+from connector.config import KafkaSettings, ResolverSettings, TopicSettings
 from connector.kafka.pipeline import Failure, Staged
-from connector.kafka.role import TransactionalRole
+from connector.kafka.role import Batch, TransactionalRole, staged
 from connector.metrics import Metrics
 from connector.records import OutRecord
 from connector.resolver.join import Joiner, Wait
@@ -45,41 +43,33 @@ class _Waiting:
     since: float
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: Resolver) -> None:
-        self._owner = owner
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._owner.batch_lock:
-            await self._owner.settle()
-            for tp in revoked:
-                self._owner.forget(tp)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._owner.table.assign(tp.partition for tp in self._owner.consumer.assignment())
-        self._owner.joined = True
-
-
 class Resolver(TransactionalRole):
     """Consumes callbacks in a group and joins them with the co-partitioned request table."""
 
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
-        super().__init__("resolver", metrics)
-        self._s = settings
-        self.table = RequestTable(settings)
-        self.joiner = Joiner(settings, self.table)
-        self.batch_lock = asyncio.Lock()
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: TopicSettings,
+        resolver: ResolverSettings,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(
+            "resolver",
+            kafka,
+            group_id=f"{kafka.group_id}-resolver",
+            topic=topics.callbacks,
+            metrics=metrics,
+            max_records=resolver.max_records,
+        )
+        self._r = resolver
+        self.table = RequestTable(kafka, topics.requests, resolver)
+        self.joiner = Joiner(topics, self.table)
         self.waiting: dict[TopicPartition, OrderedDict[int, _Waiting]] = {}
         self.processed: dict[TopicPartition, int] = {}
-        self._failures = 0
         self._staged_offsets: dict[TopicPartition, int] = {}  # the last offsets handed over
-        self.batches = 0
         self.joined = False  # the group assigned partitions at least once
         self.table.lag_probe = self.lagging_partitions
-
-    @property
-    def group_id(self) -> str:
-        return f"{self._s.kafka.group_id}-resolver"
 
     def ready(self) -> bool:
         consumer = self._consumer
@@ -87,35 +77,21 @@ class Resolver(TransactionalRole):
             return False  # before the first assignment the table is not known to be restored
         return all(self.table.ready(tp.partition) for tp in consumer.assignment())
 
-    async def start(self) -> None:
-        kafka = self._s.kafka
-        await self._start_committing(kafka, self.group_id, self._committed)
+    async def _start_more(self) -> None:
         await self.table.start()
-        self._consumer = make_consumer(
-            self._s.kafka,
-            role="resolver",
-            group_id=self.group_id,
-            max_records=self._s.resolver.max_records,
-        )
-        self._consumer.subscribe([self._s.topics.callbacks], listener=_Rebalance(self))
-        await self._consumer.start()
-        log.info("resolver started on %s (group %s)", self._s.topics.callbacks, self.group_id)
 
     async def stop(self) -> None:
         """Consumer, then the table, then the producer; safe to call twice."""
         await self._close(self.table.stop)
 
-    async def settle(self) -> None:
-        """Wait until every staged batch is committed; after a failure, restore the table
-        again (its in-memory resolutions were not committed)."""
-        failure = await self.pipeline.flush()
-        if failure is not None:
-            self._count_abort()
-            log.warning("checkpoint failed while settling: %s", failure.error)
-            self.waiting.clear()
-            self.processed.clear()
-            self._staged_offsets.clear()
-            await self.table.restore_again([])  # the next assignment restores it
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.table.assign(tp.partition for tp in self.consumer.assignment())
+        self.joined = True
+
+    async def _after_failed_settle(self) -> None:
+        # Its in-memory resolutions were not committed: the next assignment restores it.
+        self._clear()
+        await self.table.restore_again([])
 
     async def lagging_partitions(self) -> set[int]:
         """Partitions with callbacks fetched position < end: records not joined yet, among
@@ -138,94 +114,63 @@ class Resolver(TransactionalRole):
                 out.add(tp.partition)
         return out
 
-    def forget(self, tp: TopicPartition) -> None:
+    def _forget(self, tp: TopicPartition) -> None:
         self.waiting.pop(tp, None)
         self.processed.pop(tp, None)
         self._staged_offsets.pop(tp, None)
 
+    def _clear(self) -> None:
+        self.waiting.clear()
+        self.processed.clear()
+        self._staged_offsets.clear()
+
     def waiting_count(self) -> int:
         return sum(len(w) for w in self.waiting.values())
 
-    async def run(self) -> None:
-        pipeline = self.pipeline
-        while not self._stopping.is_set():
-            table_task = self.table.task
-            if table_task is not None and table_task.done():
-                table_task.result()  # surface a dead table loop instead of stalling
-            await pipeline.wait_room()
-            await self._recover(pipeline.take_failure())
-            pipeline.check()
-            batch = await self.consumer.getmany(timeout_ms=200)
-            if batch or self.waiting_count():
-                await self._handle(batch)
-        await self.settle()
+    def _has_work(self) -> bool:
+        return bool(self.waiting_count())
 
-    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        consumer = self.consumer
-        async with self.batch_lock:
-            assigned = consumer.assignment()
-            batch = {tp: recs for tp, recs in batch.items() if tp in assigned and recs}
-            parts = {tp.partition for tp in batch}
-            if parts and not await self.table.wait_ready(
-                parts, self._s.resolver.restore_timeout_seconds
-            ):
-                log.warning("request table not restored in time; will read the batch again")
-                for tp, recs in batch.items():
-                    consumer.seek(tp, recs[0].offset)
-                return
-            started = time.perf_counter()
-            now = time.time()
-            outputs: list[OutRecord] = []
-            for tp, records in batch.items():
-                queue = self.waiting.setdefault(tp, OrderedDict())
-                for rec in records:
-                    result = self.joiner.join(tp.partition, rec.key, rec.value, now)
-                    if isinstance(result, Wait):
-                        queue[rec.offset] = _Waiting(rec.key, rec.value, time.monotonic())
-                    else:
-                        outputs.extend(result)
-                self.processed[tp] = records[-1].offset + 1
-            outputs.extend(self._retry_waiting(now))
-            offsets = {
-                tp: off
-                for tp, off in self._committable().items()
-                if self._staged_offsets.get(tp) != off
-            }
-            failure = self.pipeline.take_failure()
-            if failure is not None:  # an earlier batch failed: this one is joined again too
-                await self._recover(failure)
-                return
-            if not outputs and not offsets:
-                self.joiner.commit_stats(self._m)  # nothing to write, e.g. only duplicates
-                return
-            self._staged_offsets.update(offsets)
-            fetched = sum(len(r) for r in batch.values())
-            meta = (self.joiner.take_batch(), fetched, started)
-            self.pipeline.stage(Staged(outputs, offsets, {}, meta))
+    def _check_alive(self) -> None:
+        table_task = self.table.task
+        if table_task is not None and table_task.done():
+            table_task.result()  # surface a dead table loop instead of stalling
 
-    async def _recover(self, failure: Failure | None) -> None:
-        """After a failed transaction: forget what was not committed, read it again."""
-        if failure is None:
-            return
-        self.joiner.discard_stats()
-        self._failed_transaction(failure)
-        await self._rewind()
-        await self._back_off()
+    async def _process(self, batch: Batch) -> Staged | None:
+        parts = {tp.partition for tp in batch}
+        if parts and not await self.table.wait_ready(parts, self._r.restore_timeout_seconds):
+            log.warning("request table not restored in time; will read the batch again")
+            self._seek({tp: recs[0].offset for tp, recs in batch.items()})
+            return None
+        started = time.perf_counter()
+        now = time.time()
+        outputs: list[OutRecord] = []
+        for tp, records in batch.items():
+            queue = self.waiting.setdefault(tp, OrderedDict())
+            for rec in records:
+                result = self.joiner.join(tp.partition, rec.key, rec.value, now)
+                if isinstance(result, Wait):
+                    queue[rec.offset] = _Waiting(rec.key, rec.value, time.monotonic())
+                else:
+                    outputs.extend(result)
+            self.processed[tp] = records[-1].offset + 1
+        outputs.extend(self._retry_waiting(now))
+        offsets = {
+            tp: off
+            for tp, off in self._committable().items()
+            if self._staged_offsets.get(tp) != off
+        }
+        if not outputs and not offsets:
+            self.joiner.commit_stats(self._m)  # nothing to write, e.g. only duplicates
+            return None
+        self._staged_offsets.update(offsets)
+        return staged(outputs, offsets, batch, self.joiner.take_batch(), started)
 
-    def _committed(self, group: list[Staged]) -> None:
-        self._failures = 0
-        for staged in group:
-            stats, fetched, started = staged.meta
-            self.batches += 1
-            self.joiner.count(stats, self._m)
-            if self._m is not None:
-                self._m.transactions.labels("resolver", "commit").inc()
-                self._m.batch_size.labels("resolver").observe(fetched)
-                self._m.batch_duration.labels("resolver").observe(time.perf_counter() - started)
+    def _count(self, meta: Any) -> None:
+        self.joiner.count(meta, self._m)
 
     def _retry_waiting(self, now: float) -> list[OutRecord]:
         outputs: list[OutRecord] = []
-        ttl = self._s.resolver.unmatched_ttl_seconds
+        ttl = self._r.unmatched_ttl_seconds
         mono = time.monotonic()
         for tp, queue in self.waiting.items():
             for offset, item in list(queue.items()):
@@ -245,13 +190,12 @@ class Resolver(TransactionalRole):
             offsets[tp] = min(next(iter(queue)), upto) if queue else upto
         return offsets
 
-    async def _rewind(self) -> None:
-        """After an aborted transaction: forget local state and read again from the commits."""
+    async def _rewind(self, failure: Failure, batch: Batch) -> None:
+        """Forget local state and read again from the committed offsets."""
+        self.joiner.discard_stats()
         consumer = self.consumer
         tps = list(consumer.assignment())
-        self.waiting.clear()
-        self.processed.clear()
-        self._staged_offsets.clear()
+        self._clear()
         for tp in tps:
             committed = await consumer.committed(tp)
             if committed is None:
@@ -260,12 +204,3 @@ class Resolver(TransactionalRole):
                 consumer.seek(tp, committed)
         # Rows resolved in the aborted transaction must come back: reload the table.
         await self.table.restore_again(tp.partition for tp in tps)
-
-
-async def drain_resolver(resolver: Resolver, task: asyncio.Task[None], deadline: float) -> None:
-    resolver.request_stop()
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(asyncio.shield(task), timeout=deadline)
-    if not task.done():
-        task.cancel()
-    await resolver.stop()

@@ -19,16 +19,15 @@ import struct
 from binascii import a2b_base64
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
-from datetime import datetime
 from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from connector.config import Settings
+from connector.config import KafkaSettings, ResolverSettings
 from connector.kafka.clients import make_consumer
-from connector.records import RequestEntry, SourceRef
+from connector.records import RequestEntry, SourceRef, epoch
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +49,13 @@ _SP: Final = "surrogatepass"
 Row = bytes
 
 
-def epoch(text: str | None) -> float | None:
-    """Epoch seconds of an ISO-8601 timestamp (``Z`` allowed); None when absent/unreadable."""
-    if not text or not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 class RequestTable:
     """In-memory view of the assigned ``hitl.requests`` partitions."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._s = settings
-        self._topic = settings.topics.requests
+    def __init__(self, kafka: KafkaSettings, topic: str, resolver: ResolverSettings) -> None:
+        self._kafka = kafka
+        self._r = resolver
+        self._topic = topic  # topics.requests
         # partition → request_id → Row (RequestEntry values are accepted too: a test seam)
         self._rows: dict[int, dict[str, Row | RequestEntry]] = {}
         self._values: list[Any] = []  # shared values, referenced by index from rows
@@ -85,7 +75,7 @@ class RequestTable:
         self.lag_probe: Callable[[], Awaitable[set[int]]] | None = None
 
     async def start(self) -> None:
-        self._consumer = make_consumer(self._s.kafka, role="resolver-table", group_id=None)
+        self._consumer = make_consumer(self._kafka, role="resolver-table", group_id=None)
         await self._consumer.start()
         # Let aiokafka's no-group coordinator task start: stopping it before it first ran
         # raises CancelledError from consumer.stop().
@@ -231,11 +221,11 @@ class RequestTable:
     def _remember(self, request_id: str) -> None:
         self._resolved[request_id] = None
         self._resolved.move_to_end(request_id)
-        while len(self._resolved) > self._s.resolver.resolved_memory:
+        while len(self._resolved) > self._r.resolved_memory:
             self._resolved.popitem(last=False)
 
     def _due_of(self, entry: RequestEntry) -> float:
-        r = self._s.resolver
+        r = self._r
         due = _INF
         timeout_at = epoch(entry.timeout_at)
         if timeout_at is not None:
@@ -301,7 +291,7 @@ class RequestTable:
         submitted_at = str(data["submitted_at"])
         traceparent = data.get("traceparent")
         event_id = str(data["event_id"]).encode(_UTF8, _SP)
-        r = self._s.resolver
+        r = self._r
         due = _INF
         timeout_epoch = epoch(timeout_at)
         if timeout_epoch is not None:

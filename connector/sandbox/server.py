@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from connector.gateway.server import bind_socket
 from connector.sandbox.admin import admin_routes
 from connector.sandbox.app import Clock, Sandbox, error
 from connector.sandbox.options import SandboxOptions
@@ -97,11 +97,7 @@ class SandboxServer:
     def start(self, timeout: float = 10.0) -> None:
         if self._thread is not None:
             return
-        # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets whose
-        # proto says TCP, and without it every response stalls ~40 ms on delayed ACKs.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        sock = bind_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         server = uvicorn.Server(_config(self.app, self.host, self.port, self._log_level))
         self._server = server

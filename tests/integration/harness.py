@@ -214,3 +214,39 @@ def header(record: Any, name: str) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+def webhook_outcomes(app: Any) -> dict[str, int]:
+    """The gateway's webhook outcomes, read from the app's Prometheus registry."""
+    if app.gateway is None or app.metrics is None:
+        return {}
+    out: dict[str, int] = {}
+    for metric in app.metrics.registry.collect():
+        if metric.name == "hitl_connector_webhooks_received":
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.value:
+                    out[sample.labels["outcome"]] = int(sample.value)
+    return out
+
+
+def webhook_ack_quantile(app: Any, q: float) -> float | None:
+    """Upper bound of the ``webhook_ack_seconds`` bucket holding quantile ``q`` (registry)."""
+    if app.metrics is None:
+        return None
+    buckets: list[tuple[float, float]] = []
+    for metric in app.metrics.registry.collect():
+        if metric.name == "hitl_connector_webhook_ack_seconds":
+            buckets = [
+                (float(s.labels["le"]), s.value)
+                for s in metric.samples
+                if s.name.endswith("_bucket")
+            ]
+    total = buckets[-1][1] if buckets else 0
+    return next((le for le, n in buckets if total and n >= q * total), None)
+
+
+def counted(app: Any, name: str, **labels: str) -> int:
+    """A counter's value from the app's Prometheus registry (``name`` without the prefix)."""
+    assert app.metrics is not None, "metrics.enabled is off"
+    value = app.metrics.registry.get_sample_value(f"hitl_connector_{name}_total", labels)
+    return int(value or 0)

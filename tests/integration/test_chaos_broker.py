@@ -29,6 +29,7 @@ from connector.devkafka import DevKafka
 from connector.kafka.admin import ensure_topics
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
+    counted,
     decision_settings,
     free_port,
     offsets,
@@ -37,6 +38,7 @@ from tests.integration.harness import (
     run_settings,
     sandbox_get,
     wait_until,
+    webhook_outcomes,
 )
 from tests.integration.ledger import Ledger, ledger
 from tests.integration.test_decision_chaos import Balancer, connector_process
@@ -194,7 +196,7 @@ async def _broker_fault_mid_stream(
             readyz = await wait_until(lambda: ready(app), timeout=60, what="/readyz 200")
             aborts = transactions(app, "abort")
             commits = transactions(app, "commit")
-            gateway = dict(app.gateway.app.stats.outcomes) if app.gateway else {}
+            gateway = webhook_outcomes(app)
         finally:
             await app.stop()
         webhooks = sandbox_get(sandbox.url, "/sandbox/stats")["webhooks"]
@@ -348,11 +350,11 @@ async def test_second_connector_joins_and_leaves_mid_stream(kafka_bootstrap: str
 
             async def b_took_part() -> bool:
                 assert b.submitter is not None
-                return b.submitter.stats.consumed > 0 and await decided(settings) >= 360
+                return counted(b, "events_consumed") > 0 and await decided(settings) >= 360
 
             await wait_until(b_took_part, timeout=120, what="B submitting")
             left_at = await decided(settings)
-            b_consumed = b.submitter.stats.consumed if b.submitter else 0
+            b_consumed = counted(b, "events_consumed")
             b_aborts, b_commits = transactions(b, "abort"), transactions(b, "commit")
             await b.stop()  # leaves the group cleanly, mid-stream
             b_started = False

@@ -17,7 +17,7 @@ from connector.config import Settings
 from connector.errors import KafkaSetupError
 from connector.kafka.admin import ensure_topics
 from connector.sandbox import SandboxOptions, SandboxServer
-from tests.integration.harness import API_KEY, produce, run_settings, wait_until
+from tests.integration.harness import API_KEY, counted, produce, run_settings, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -111,7 +111,7 @@ async def test_webhooks_register_list_pending_and_reconcile(
             )
 
             async def three() -> bool:
-                return app.submitter is not None and app.submitter.stats.created == 3
+                return counted(app, "events", outcome="submitted", reason="") == 3
 
             await wait_until(three, timeout=60, what="3 requests")
         finally:

@@ -39,6 +39,7 @@ from tests.integration.harness import (
     read_all,
     sandbox_get,
     wait_until,
+    webhook_outcomes,
 )
 from tests.integration.ledger import Ledger, ledger
 from tests.integration.test_decision_path import SECRET, events, reviewer
@@ -96,7 +97,7 @@ async def test_kafka_paused_while_webhooks_arrive_then_every_decision_once(
             took = await wait_until(all_decided, timeout=240, interval=1, what="all decisions")
             requests = sandbox_get(sandbox.url, "/sandbox/requests")["requests"]
             figures = exactly_once(await decisions_of(settings), requests)
-            gateway = app.gateway.app.stats.outcomes if app.gateway else {}
+            gateway = webhook_outcomes(app)
             webhooks = sandbox_get(sandbox.url, "/sandbox/stats")["webhooks"]
             print(f"\nkafka-paused: {figures} gateway={gateway} retries={webhooks['retries']}")
             ledger_figures = await ledger(settings, sandbox.url, recovery_s=took)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.config import Settings
+from connector.config import GatewaySettings, Settings
 from connector.gateway.app import GatewayApp, GatewayConfig
 from connector.gateway.server import GatewayServer
 from connector.gateway.sink import KafkaCallbackSink
@@ -41,9 +41,14 @@ class Running:
     settings: Settings
     app: GatewayApp
     stop: Any
+    server: GatewayServer
 
 
-def start_gateway(settings: Settings, mode: str) -> Running:
+def start_gateway(
+    settings: Settings, mode: str, server_settings: GatewaySettings | None = None
+) -> Running:
+    """The gateway on its own loop in a thread; ``server_settings`` for its HTTP limits."""
+    limits = server_settings or GatewaySettings(host="127.0.0.1", port=0)
     ready = threading.Event()
     box: dict[str, Any] = {}
 
@@ -53,13 +58,20 @@ def start_gateway(settings: Settings, mode: str) -> Running:
 
         async def main() -> None:
             await ensure_topics(settings, create=True)
-            sink = KafkaCallbackSink(settings, timeout_seconds=3.0)
+            sink = KafkaCallbackSink(
+                settings.kafka,
+                settings.topics.callbacks,
+                settings.topics.unmatched,
+                timeout_seconds=3.0,
+            )
             await sink.start()
-            config = GatewayConfig(mode, SECRETS, (TOKEN_SECRET,), LIMIT)
+            config = GatewayConfig(
+                mode, SECRETS, (TOKEN_SECRET,), LIMIT, limits.body_timeout_seconds
+            )
             app = GatewayApp(config, sink)
-            server = GatewayServer(app, "127.0.0.1", 0)
+            server = GatewayServer(app, limits)
             await server.start()
-            box.update(app=app, url=server.url, done=asyncio.Event())
+            box.update(app=app, url=server.url, server=server, done=asyncio.Event())
             ready.set()
             await box["done"].wait()
             await server.stop()
@@ -76,7 +88,7 @@ def start_gateway(settings: Settings, mode: str) -> Running:
         box["loop"].call_soon_threadsafe(box["done"].set)
         thread.join(30)
 
-    return Running(box["url"], settings, box["app"], stop)
+    return Running(box["url"], settings, box["app"], stop, box["server"])
 
 
 @pytest.fixture(scope="module")

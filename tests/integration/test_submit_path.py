@@ -18,6 +18,7 @@ import pytest
 from connector.app import ConnectorApp
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
+    counted,
     offsets,
     produce,
     read_all,
@@ -154,7 +155,7 @@ async def test_2000_events_each_end_in_exactly_one_place(
     assert {r["id"] for r in requests} == set(rows)
     long_texts = [r for r in requests if "truncated by hitl-connector" in r["request_text"]]
     assert len(long_texts) == 100 and all(len(r["request_text"]) == 2000 for r in long_texts)
-    assert app.submitter.stats.truncated == 100
+    assert counted(app, "events_truncated") == 100
     seed = next(r for r in requests if r["request_text"] == "seed text field")
     assert seed["priority"] == "medium" and seed["type"] == "markdown"
 

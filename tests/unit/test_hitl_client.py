@@ -14,11 +14,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from httpx_aiohttp import AiohttpTransport
 
 from connector.config import HitlSettings
 from connector.errors import HitlPermanentError, HitlUnavailableError
-from connector.hitl.client import HitlClient, build_transport
+from connector.hitl.client import HitlClient, build_http
 from connector.hitl.pacing import Clock
 from connector.hitl.retry import RateLimitInfo
 from tests.unit.test_hitl_pacing import FixedWindowServer, run_virtual
@@ -669,10 +668,35 @@ def test_observer_sees_endpoint_labels_not_ids() -> None:
     assert limits[0].remaining == 9
 
 
-async def test_build_transport_kinds() -> None:
-    aio = build_transport("aiohttp", 16)
-    plain = build_transport("httpx", 16)
-    assert isinstance(aio, AiohttpTransport)
-    assert isinstance(plain, httpx.AsyncHTTPTransport)
-    await aio.aclose()
-    await plain.aclose()
+async def test_default_pool_is_httpx_with_env_proxies_and_settings_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    http = build_http(settings(max_in_flight=7, connect_timeout_seconds=2, read_timeout_seconds=9))
+    async with http:
+        assert http.timeout == httpx.Timeout(9, connect=2)
+        assert http.follow_redirects is False
+        assert "Bearer" in http.headers["Authorization"]
+        proxied = http._transport_for_url(httpx.URL("https://api.hitl.sh/v1/test"))
+        direct = http._transport_for_url(httpx.URL("https://internal.example/v1/test"))
+        assert proxied is not direct
+        assert isinstance(proxied, httpx.AsyncHTTPTransport)
+
+
+def test_idempotency_key_with_line_breaks_is_refused_before_sending() -> None:
+    async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
+        with pytest.raises(HitlPermanentError, match="Idempotency-Key"):
+            await create(client, key="e1\r\nX-Injected: 1")
+
+    server = run_client(body, created())
+    assert server.calls == []
+
+
+def test_idempotency_key_with_non_ascii_text_goes_out_as_utf8() -> None:
+    async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
+        await create(client, key="evt-ü-🌍")
+
+    server = run_client(body, created())
+    ((_, request),) = server.calls
+    assert dict(request.headers.raw)[b"Idempotency-Key"] == "evt-ü-🌍".encode()

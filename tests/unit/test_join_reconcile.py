@@ -54,7 +54,7 @@ def entry(
 
 
 def table_with(*entries: RequestEntry) -> RequestTable:
-    table = RequestTable(SETTINGS)
+    table = RequestTable(SETTINGS.kafka, SETTINGS.topics.requests, SETTINGS.resolver)
     table._rows[0] = {e.request_id: e for e in entries}  # the seam: no Kafka consumer
     return table
 
@@ -83,7 +83,7 @@ def completed(rid: str, answer: str = "Approve") -> dict[str, Any]:
 
 def test_terminal_callback_gives_decision_and_tombstone_then_duplicates_nothing() -> None:
     table = table_with(entry("r1", "e1"))
-    joiner = Joiner(SETTINGS, table)
+    joiner = Joiner(SETTINGS.topics, table)
     out = joiner.join(0, b"r1", webhook(completed("r1")), now=1_700_000_100.0)
     assert not isinstance(out, type(WAIT))
     decision, tombstone = out
@@ -102,7 +102,7 @@ def test_terminal_callback_gives_decision_and_tombstone_then_duplicates_nothing(
 
 
 def test_unknown_request_waits_and_token_mismatch_goes_to_unmatched() -> None:
-    joiner = Joiner(SETTINGS, table_with(entry("r1", "e1")))
+    joiner = Joiner(SETTINGS.topics, table_with(entry("r1", "e1")))
     assert joiner.join(0, b"r9", webhook(completed("r9"))) is WAIT
     out = joiner.join(0, b"r1", webhook(completed("r1"), token="someone-else"))
     assert isinstance(out, list) and out[0].topic == "hitl.callbacks.unmatched"
@@ -112,7 +112,7 @@ def test_unknown_request_waits_and_token_mismatch_goes_to_unmatched() -> None:
 
 
 def test_unreadable_claimed_and_timeout() -> None:
-    joiner = Joiner(SETTINGS, table_with(entry("r1", "e1"), entry("r2", "e2")))
+    joiner = Joiner(SETTINGS.topics, table_with(entry("r1", "e1"), entry("r2", "e2")))
     bad = joiner.join(0, b"x", b"\xff not json")
     assert isinstance(bad, list) and dict(bad[0].headers)["error.reason"] == b"unreadable"
     claimed = joiner.join(
@@ -187,7 +187,7 @@ def test_reconciler_lists_first_then_gets_what_the_list_missed() -> None:
     async def publish(rid: str, cb: dict[str, Any], payload: Any) -> None:
         published.append((rid, cb))
 
-    rec = Reconciler(NO_SWEEP, client, table, publish)
+    rec = Reconciler(NO_SWEEP.resolver, NO_SWEEP.hitl, client, table, publish)
     result = asyncio.run(rec.run_once(now=1_900_000_000.0))
     assert client.calls == ["list:0", "get:r3", "get:r4"]
     assert (result.overdue, result.found_terminal, result.still_pending, result.not_found) == (
@@ -205,7 +205,8 @@ def test_reconciler_lists_first_then_gets_what_the_list_missed() -> None:
 def test_reconciler_stays_inside_its_budget_share() -> None:
     overdue = [entry(f"r{i}", f"e{i}") for i in range(50)]
     client = FakePollClient([], {})
-    rec = Reconciler(SETTINGS, client, table_with(*overdue), lambda *a: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
+    table = table_with(*overdue)
+    rec = Reconciler(SETTINGS.resolver, SETTINGS.hitl, client, table, lambda *a: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
     result = asyncio.run(rec.run_once(now=1_900_000_000.0))
     assert len(client.calls) == 20  # 20% of 100 calls per window, the sweep's call included
     assert client.calls[0] == "sweep:0" and result.sweep_calls == 1
@@ -227,7 +228,7 @@ def test_sweep_finds_lost_decisions_paced_and_paid_for_by_the_requests_it_watche
         published.append(rid)
         table.resolve(0, rid)
 
-    rec = Reconciler(SETTINGS, client, table, publish)
+    rec = Reconciler(SETTINGS.resolver, SETTINGS.hitl, client, table, publish)
     first = asyncio.run(rec.run_once(now=1_900_000_000.0))
     assert (client.calls, published, first.sweep_found) == (["sweep:0"], ["r3"], 1)
     # Paced: the next sweep waits window / (20 calls x 0.5) = 360 s; nothing else to do.
@@ -249,7 +250,7 @@ def test_sweep_pages_deeper_every_other_call_down_to_the_oldest_pending() -> Non
     table = table_with(old)  # submitted 2025-12-31T23:59:00Z (entry's default)
     newer = [_completed(f"n{i}", "2026-06-01T00:00:00Z") for i in range(250)]
     client = FakePollClient(newer, {})
-    rec = Reconciler(SETTINGS, client, table, lambda *a: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
+    rec = Reconciler(SETTINGS.resolver, SETTINGS.hitl, client, table, lambda *a: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
     rec._sweep_tokens = 10.0
     for i in range(6):
         rec._next_sweep = 0.0
