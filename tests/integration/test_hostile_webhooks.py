@@ -32,6 +32,7 @@ from tests.integration.harness import (
     read_all,
     sandbox_get,
     wait_until,
+    webhook_outcomes,
 )
 
 pytestmark = pytest.mark.kafka
@@ -77,7 +78,6 @@ async def hostile(kafka_bootstrap: str, connector_apps: Any) -> Any:
             kafka_bootstrap,
             sandbox.url,
             gateway={
-                "http_server": "uvicorn",
                 "secrets": [HITL_SECRET],
                 "token_secrets": [TOKEN_NEW, TOKEN_OLD],
                 "max_body_bytes": LIMIT,
@@ -233,7 +233,7 @@ async def test_hostile_webhooks_table(hostile: Any) -> None:
     lines.append(
         f"forgeries accepted (decisions) {forgeries_accepted}; authenticated deliveries lost "
         f"{lost}; 5xx {server_errors}; decisions {len(decisions)}; kept {len(kept_raw)}; "
-        f"gateway outcomes {dict(sorted(app.gateway.app.stats.outcomes.items()))}"
+        f"gateway outcomes {dict(sorted(webhook_outcomes(app).items()))}"
     )
     print("\nhostile webhooks:\n" + "\n".join(lines))
 
@@ -294,14 +294,6 @@ async def _closed_within(readers: list[Any], seconds: float) -> int:
     return sum(await asyncio.gather(*(closed(reader) for reader, _ in readers)))
 
 
-SERVER_BOUND = pytest.mark.xfail(
-    reason="uvicorn has no body-read deadline or idle-connection timeout of its own; issue 14 "
-    "adds the gateway's body-read deadline and idle limits (merge them, then this passes)",
-    strict=False,
-)
-
-
-@SERVER_BOUND
 async def test_slow_body_is_answered_or_closed_within_the_bound(hostile: Any) -> None:
     settings, _, _ = hostile
     how, took = await _slow_body("127.0.0.1", settings.gateway.port, BOUND_SECONDS + 10)
@@ -309,7 +301,6 @@ async def test_slow_body_is_answered_or_closed_within_the_bound(hostile: Any) ->
     assert how in ("answered", "closed") and took <= BOUND_SECONDS
 
 
-@SERVER_BOUND
 async def test_idle_connections_are_closed_within_the_bound(hostile: Any) -> None:
     settings, _, _ = hostile
     idle = await _idle("127.0.0.1", settings.gateway.port, IDLE_CONNECTIONS)
