@@ -209,6 +209,12 @@ def make_consumer(
 TXN_RETRY_BACKOFF_MS = 20
 
 
+def transactional_id(kafka: KafkaSettings, role: str) -> str:
+    """``<group>-<role>-<instance_id>``: the same for a restarted or replaced instance (a
+    StatefulSet pod keeps its name), so its first transaction fences the predecessor's."""
+    return f"{kafka.group_id}-{role}-{kafka.instance_id}"
+
+
 def make_transactional_producer(kafka: KafkaSettings, *, role: str) -> AIOKafkaProducer:
     """A producer whose transactional id is stable per (group, role, instance).
 
@@ -220,7 +226,7 @@ def make_transactional_producer(kafka: KafkaSettings, *, role: str) -> AIOKafkaP
         **connection_kwargs(kafka, role=role),
         enable_idempotence=True,
         acks="all",
-        transactional_id=f"{kafka.group_id}-{role}-{kafka.instance_id}",
+        transactional_id=transactional_id(kafka, role),
         transaction_timeout_ms=kafka.transaction_timeout_ms,
         # Transactions run back to back (commit pipeline): the next one often asks the
         # coordinator while it still writes the previous one's markers and is told
