@@ -165,7 +165,8 @@ class DevCluster:
             raise DevKafkaError(f"{topic} does not exist yet (no transaction ran)")
         return count
 
-    async def describe(self, topics: list[str]) -> list[Any]:
+    async def describe(self, topics: list[str] | None) -> list[Any]:
+        """``describe_topics`` output for ``topics`` (None: every topic)."""
         admin = await self._admin()
         try:
             return list(await admin.describe_topics(topics))
