@@ -52,7 +52,10 @@ class KafkaSettings(_Section):
     # Stable per instance so a restarted instance fences its predecessor's open transaction.
     instance_id: str = Field(default_factory=socket.gethostname, min_length=1)
     transaction_timeout_ms: int = Field(default=30_000, ge=1_000, le=900_000)
-    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    request_timeout_ms: int = Field(default=10_000, ge=1_000)
+    # How old cluster metadata may get before a client refreshes it unasked (aiokafka's
+    # default is 300000): a broker the controller fenced drops out of it within this time.
+    metadata_max_age_ms: int = Field(default=5_000, ge=1_000)
     session_timeout_ms: int = Field(default=20_000, ge=6_000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     producer_linger_ms: int = Field(default=5, ge=0, le=1_000)

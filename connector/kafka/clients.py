@@ -27,6 +27,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from connector.config import KafkaSettings
 from connector.errors import ConfigError
+from connector.kafka.failover import avoid_hung_brokers, forget_coordinators_on_hung_brokers
 
 
 def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
@@ -192,8 +193,9 @@ def make_consumer(
     extra: dict[str, Any] = {}
     if fetch_max_bytes is not None:
         extra["fetch_max_bytes"] = fetch_max_bytes
-    return AIOKafkaConsumer(
+    consumer = AIOKafkaConsumer(
         **connection_kwargs(kafka, role=role),
+        metadata_max_age_ms=kafka.metadata_max_age_ms,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -204,6 +206,8 @@ def make_consumer(
         max_poll_records=max_records,
         **extra,
     )
+    avoid_hung_brokers(consumer._client, kafka.request_timeout_ms)
+    return consumer
 
 
 TXN_RETRY_BACKOFF_MS = 20
@@ -222,8 +226,9 @@ def make_transactional_producer(kafka: KafkaSettings, *, role: str) -> AIOKafkaP
     predecessor's open transaction at once, instead of blocking read_committed readers
     until the transaction times out.
     """
-    return AIOKafkaProducer(
+    producer = AIOKafkaProducer(
         **connection_kwargs(kafka, role=role),
+        metadata_max_age_ms=kafka.metadata_max_age_ms,
         enable_idempotence=True,
         acks="all",
         transactional_id=transactional_id(kafka, role),
@@ -237,19 +242,27 @@ def make_transactional_producer(kafka: KafkaSettings, *, role: str) -> AIOKafkaP
         max_batch_size=kafka.producer_max_batch_bytes,
         compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
     )
+    avoid_hung_brokers(producer.client, kafka.request_timeout_ms)
+    forget_coordinators_on_hung_brokers(producer)
+    return producer
 
 
 def make_producer(kafka: KafkaSettings, *, role: str) -> AIOKafkaProducer:
     """An idempotent, acks=all producer without transactions (the gateway's)."""
-    return AIOKafkaProducer(
+    producer = AIOKafkaProducer(
         **connection_kwargs(kafka, role=role),
+        metadata_max_age_ms=kafka.metadata_max_age_ms,
         enable_idempotence=True,
         acks="all",
         linger_ms=kafka.producer_linger_ms,
         max_batch_size=kafka.producer_max_batch_bytes,
         compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
     )
+    avoid_hung_brokers(producer.client, kafka.request_timeout_ms)
+    return producer
 
 
 def make_admin(kafka: KafkaSettings) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(**connection_kwargs(kafka, role="admin"))
+    return AIOKafkaAdminClient(
+        **connection_kwargs(kafka, role="admin"), metadata_max_age_ms=kafka.metadata_max_age_ms
+    )
