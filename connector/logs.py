@@ -52,7 +52,6 @@ _TRANSIENT = re.compile(
     r"NodeNotReady|NotCoordinator|CoordinatorNotAvailable|CoordinatorLoadInProgress|"
     r"NotLeaderForPartition|NotEnoughReplicas|LeaderNotAvailable|TimeoutError))"
 )
-_NODE = re.compile(r'node with id (\d+)|"([^"]+:\d+)"')
 
 
 class KafkaNoiseFilter(logging.Filter):
@@ -61,8 +60,8 @@ class KafkaNoiseFilter(logging.Filter):
     Per message template (logger + format string): the first record passes, later ones
     within ``window`` seconds are counted and dropped, and the first one after the window
     passes with "(N more like this in Ts)". Transient ones (``_TRANSIENT``) are lowered to
-    WARNING. The first failure to connect to a broker becomes one WARNING "Kafka broker N
-    unreachable"; repeats of it count until the window passes.
+    WARNING. A broker going away and coming back is logged once each by
+    ``connector.kafka.failover.BROKERS``.
     """
 
     def __init__(self, window: float = 60.0) -> None:
@@ -90,10 +89,6 @@ class KafkaNoiseFilter(logging.Filter):
             self._seen[key] = (now, 0)
         if dropped > 0:
             record.msg = f"{template} ({dropped} more like this in {now - first:.0f}s)"
-        elif transient and template.startswith("Unable connect to"):
-            node = _NODE.search(record.getMessage())
-            where = (node.group(1) or node.group(2)) if node else "?"
-            record.msg = f"Kafka broker {where} unreachable; retrying, repeats counted: {template}"
         return True
 
 

@@ -23,6 +23,10 @@ makes the producer forget every coordinator it keeps on that broker; a coordinat
 to a broker the latest metadata no longer lists (the controller fenced it) fails at once with
 ``NodeNotReadyError``, which aiokafka's handlers answer by looking the coordinator up again.
 
+Both also keep ``BROKERS``, the process-wide reachability of each broker: one WARNING when a
+broker stops answering, one INFO with the outage's length and failed attempts when it answers
+again (aiokafka itself logs every attempt; ``connector.logs.KafkaNoiseFilter`` quiets that).
+
 Relies on aiokafka 0.14 internals (``AIOKafkaClient.send``/``_get_conn``,
 ``AIOKafkaProducer._sender._coordinators``); when they change, both log a warning and do
 nothing. tests/integration/test_cluster.py measures the effect.
@@ -31,14 +35,68 @@ nothing. tests/integration/test_cluster.py measures the effect.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.client import ConnectionGroup
-from aiokafka.errors import NodeNotReadyError, RequestTimedOutError
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Outage:
+    since: float
+    failures: int
+
+
+class BrokerHealth:
+    """Which brokers this process cannot reach now; logs the transitions only."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down: dict[str, _Outage] = {}
+
+    def failed(self, broker: str, reason: str) -> None:
+        with self._lock:
+            outage = self._down.get(broker)
+            if outage is not None:
+                outage.failures += 1
+                return
+            self._down[broker] = _Outage(time.monotonic(), 1)
+        log.warning(
+            "Kafka broker %s unreachable (%s); clients retry, attempts counted until it answers",
+            broker,
+            reason,
+        )
+
+    def answered(self, broker: str) -> None:
+        if broker not in self._down:  # the common case: no lock
+            return
+        with self._lock:
+            outage = self._down.pop(broker, None)
+        if outage is not None:
+            log.info(
+                "Kafka broker %s reachable again after %.1fs (%d failed attempts)",
+                broker,
+                time.monotonic() - outage.since,
+                outage.failures,
+            )
+
+    def down(self) -> list[str]:
+        with self._lock:
+            return sorted(self._down)
+
+
+BROKERS = BrokerHealth()
+
+
+def _name(client: Any, node_id: Any) -> str:
+    broker = client.cluster.broker_metadata(node_id)
+    return f"{node_id} ({broker.host}:{broker.port})" if broker is not None else str(node_id)
 
 
 def forget_coordinators_on_hung_brokers(producer: AIOKafkaProducer) -> None:
@@ -98,8 +156,10 @@ def avoid_hung_brokers(client: Any, request_timeout_ms: int) -> None:
             return None
         started = time.monotonic()
         conn = await get_conn(node_id, **kwargs)
-        if conn is None and isinstance(node_id, int) and time.monotonic() - started > 1:
-            suspects[node_id] = time.monotonic() + window  # connecting hung, then failed
+        if conn is None and isinstance(node_id, int):
+            BROKERS.failed(_name(client, node_id), "cannot connect")
+            if time.monotonic() - started > 1:
+                suspects[node_id] = time.monotonic() + window  # connecting hung, then failed
         return conn
 
     async def send_marking(node_id: Any, request: Any, **kwargs: Any) -> Any:
@@ -108,8 +168,15 @@ def avoid_hung_brokers(client: Any, request_timeout_ms: int) -> None:
         except RequestTimedOutError:
             if isinstance(node_id, int):
                 suspects[node_id] = time.monotonic() + window
+                BROKERS.failed(_name(client, node_id), f"no answer within {window:.0f}s")
+            raise
+        except KafkaConnectionError:
+            if isinstance(node_id, int):
+                BROKERS.failed(_name(client, node_id), "connection lost")
             raise
         suspects.pop(node_id, None)
+        if isinstance(node_id, int):
+            BROKERS.answered(_name(client, node_id))
         return result
 
     client._get_conn = get_conn_avoiding

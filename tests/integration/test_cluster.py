@@ -15,7 +15,9 @@ keep arriving at ``RATE`` per second: "decisions flow again this long after the 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -30,6 +32,7 @@ from connector.devkafka import DevKafka
 from connector.errors import KafkaSetupError
 from connector.kafka.admin import ensure_topics
 from connector.kafka.clients import transactional_id
+from connector.logs import KafkaNoiseFilter
 from connector.sandbox import SandboxServer
 from tests.integration.harness import wait_until
 from tests.integration.ledger import ledger
@@ -123,6 +126,23 @@ async def test_topics_take_the_clusters_replication(kafka_cluster: DevCluster) -
 
 # --- faults under load --------------------------------------------------------------------
 
+
+class LogCounter(logging.Handler):
+    """Counts records by level, after ``filters`` (as the connector's own handler would)."""
+
+    def __init__(self, *filters: logging.Filter) -> None:
+        super().__init__(logging.WARNING)
+        for f in filters:
+            self.addFilter(f)
+        self.levels: collections.Counter[str] = collections.Counter()
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.levels[record.levelname] += 1
+        if record.levelno >= logging.ERROR:
+            self.errors.append(f"{record.name}: {record.getMessage()[:160]}")
+
+
 Fault = Callable[[DevCluster, int], Awaitable[None]]
 
 
@@ -186,9 +206,23 @@ async def _scenario(
                 )
             else:
                 victim = await cluster.leader(settings.topics.output, 0)
+            # What the connector would log during the fault: all records (raw), and what its
+            # handler lets through (KafkaNoiseFilter). The raw counter runs first: the
+            # filter lowers levels in place.
+            raw, quiet = LogCounter(), LogCounter(KafkaNoiseFilter())
+            root = logging.getLogger()
+            saved_level = root.level
+            root.setLevel(min(saved_level or logging.WARNING, logging.WARNING))
+            root.addHandler(raw)
+            root.addHandler(quiet)
             faulted = time.monotonic()
-            await fault(cluster, victim)
-            ended = time.monotonic()
+            try:
+                await fault(cluster, victim)
+            finally:
+                ended = time.monotonic()
+                root.removeHandler(raw)
+                root.removeHandler(quiet)
+                root.setLevel(saved_level)
             await asyncio.sleep(SETTLE)
             stop.set()
             n = await load
@@ -210,6 +244,12 @@ async def _scenario(
             f"stall_s={stall:.1f} drained_after_fault_s={drained:.1f} aborted={aborts} "
             f"roles_alive={alive}"
         )
+        print(
+            f"{name} logs during the fault: unfiltered={dict(raw.levels)} "
+            f"connector_handler={dict(quiet.levels)} error_lines={len(quiet.errors)}"
+        )
+        for line in quiet.errors[:10]:
+            print(f"  ERROR {line}")
         figures = await ledger(settings, sandbox.url, recovery_s=stall)
         print(f"{name} ledger: {figures.line()}")
         exactly_once(figures, n)

