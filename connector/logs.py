@@ -45,7 +45,7 @@ class JsonFormatter(logging.Formatter):
 # client retries them itself. Logged at WARNING (never ERROR), and rate limited.
 _TRANSIENT = re.compile(
     r"^(Unable connect to|Unable to update metadata|Unable to request metadata|"
-    r"Failed fetch (messages|offsets) from|Heartbeat (send request )?failed|"
+    r"Failed fetch (messages|offsets) from|Heartbeat (send request )?failed|Heartbeat session|"
     r"Group Coordinator Request failed|FindCoordinator Request failed|Cannot send|"
     r"Could not send|Got error produce response|Error sending|Unexpected error during|"
     r"OffsetCommit failed|Could not (find|send)|.*(RequestTimedOut|KafkaConnectionError|"
