@@ -13,7 +13,9 @@ one included, and each such pick costs another timeout while the cluster has lon
 over.
 
 ``avoid_hung_brokers`` (every client): a broker whose request timed out (or whose connection
-set-up took longer than a second and failed) is *suspect* for ``request_timeout_ms``; while
+set-up took longer than a second and failed) is *suspect* for ``request_timeout_ms``, except
+for requests a healthy broker may hold that long on purpose (acks=all produce waiting for a
+follower that is about to leave the ISR, JoinGroup/SyncGroup waiting for members); while
 other brokers are not, the client does not connect to it (``_get_conn`` answers None, as for
 an unreachable broker), so metadata and coordinator look-ups go to the others, and requests
 for partitions it still leads fail fast and retry after a metadata refresh.
@@ -132,6 +134,10 @@ def forget_coordinators_on_hung_brokers(producer: AIOKafkaProducer) -> None:
     client.send = send_forgetting_hung
 
 
+# Requests a healthy broker may answer only after a wait of its own (not signs of a hang).
+_SLOW = frozenset({"ProduceRequest", "JoinGroupRequest", "SyncGroupRequest"})
+
+
 def avoid_hung_brokers(client: Any, request_timeout_ms: int) -> None:
     """Skip brokers whose requests just timed out while healthy ones are known (see above)."""
     get_conn, send = getattr(client, "_get_conn", None), getattr(client, "send", None)
@@ -166,7 +172,7 @@ def avoid_hung_brokers(client: Any, request_timeout_ms: int) -> None:
         try:
             result = await send(node_id, request, **kwargs)
         except RequestTimedOutError:
-            if isinstance(node_id, int):
+            if isinstance(node_id, int) and type(request).__name__.split("_v")[0] not in _SLOW:
                 suspects[node_id] = time.monotonic() + window
                 BROKERS.failed(_name(client, node_id), f"no answer within {window:.0f}s")
             raise

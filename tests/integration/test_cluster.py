@@ -170,17 +170,22 @@ async def _sample_commits(app: ConnectorApp, out: list[tuple[float, int]]) -> No
         await asyncio.sleep(0.1)
 
 
-def _stall(samples: list[tuple[float, int]], since: float) -> float:
-    """Longest time from ``since`` on without a new resolver commit."""
-    last, worst, count = since, 0.0, None
+def _stall(samples: list[tuple[float, int]], since: float) -> tuple[float, float]:
+    """Longest time from ``since`` on without a new resolver commit, and when (seconds after
+    ``since``) that gap began."""
+    last, worst, began, count = since, 0.0, 0.0, None
     for at, commits in samples:
         if at < since:
             count = commits
             continue
         if count is not None and commits > count:
-            worst, last = max(worst, at - last), at
+            if at - last > worst:
+                worst, began = at - last, last - since
+            last = at
         count = commits
-    return max(worst, (samples[-1][0] - last) if samples else 0.0)
+    if samples and samples[-1][0] - last > worst:
+        worst, began = samples[-1][0] - last, last - since
+    return worst, began
 
 
 async def _scenario(
@@ -238,11 +243,11 @@ async def _scenario(
             load.cancel()
             await app.stop()
             await heal(cluster)
-        stall = _stall(samples, faulted)
+        stall, stall_began = _stall(samples, faulted)
         print(
             f"\n{name}: victim=broker-{victim} fault_s={ended - faulted:.1f} events={n} "
-            f"stall_s={stall:.1f} drained_after_fault_s={drained:.1f} aborted={aborts} "
-            f"roles_alive={alive}"
+            f"stall_s={stall:.1f} (from +{stall_began:.1f}s) drained_after_fault_s={drained:.1f} "
+            f"aborted={aborts} roles_alive={alive}"
         )
         print(
             f"{name} logs during the fault: unfiltered={dict(raw.levels)} "
