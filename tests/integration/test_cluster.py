@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,6 +45,7 @@ from tests.integration.test_chaos_broker import (
     settled,
     transactions,
 )
+from tests.integration.test_cli import cli, write_config
 from tests.integration.test_decision_path import events
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
@@ -101,10 +103,21 @@ def _settings(bootstrap: str, **topics: Any) -> Settings:
     )
 
 
-async def test_topics_take_the_clusters_replication(kafka_cluster: DevCluster) -> None:
+async def test_topics_take_the_clusters_replication(
+    kafka_cluster: DevCluster, tmp_path: Path
+) -> None:
     await heal(kafka_cluster)
-    report = await ensure_topics(_settings(kafka_cluster.bootstrap_servers), create=True)
-    print("\n" + "\n".join(report.lines()))
+    settings = _settings(kafka_cluster.bootstrap_servers)
+    created = cli(["topics", "create"], write_config(settings, tmp_path / "c.yaml"))
+    assert created.returncode == 0, created.stderr
+    live = cli(["check", "--live"], tmp_path / "c.yaml")
+    assert live.returncode == 0, live.stderr
+    print("\n" + live.stdout)
+    for name in (settings.topics.input, settings.topics.requests, settings.topics.callbacks):
+        assert f"topic {name}: partitions=6 replication=3 isr=3 min.insync.replicas=2" in (
+            live.stdout
+        )
+    report = await ensure_topics(settings, create=False)
     assert report.cluster is not None and report.cluster.brokers == 3
     assert len(report.topics) == 7 and not report.risks
     for topic in report.topics:
