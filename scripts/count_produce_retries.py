@@ -74,10 +74,23 @@ async def run(brokers: int, seconds: float, rate: int) -> None:
                 await producer.flush()
                 await asyncio.sleep(5)
                 assert app.metrics is not None
+                sample = app.metrics.registry.get_sample_value
                 commits = {
-                    role: app.metrics.registry.get_sample_value(
+                    role: sample(
                         "hitl_connector_kafka_transactions_total",
                         {"role": role, "result": "commit"},
+                    )
+                    for role in ("submitter", "resolver")
+                }
+                batch_ms = {
+                    role: round(
+                        1000
+                        * (sample("hitl_connector_batch_duration_seconds_sum", {"role": role}) or 0)
+                        / (
+                            sample("hitl_connector_batch_duration_seconds_count", {"role": role})
+                            or 1
+                        ),
+                        1,
                     )
                     for role in ("submitter", "resolver")
                 }
@@ -90,6 +103,7 @@ async def run(brokers: int, seconds: float, rate: int) -> None:
     total = sum(counter.by_error.values())
     print(
         f"brokers={brokers} events={sent} seconds={seconds:.0f} commits={commits} "
+        f"mean_batch_ms={batch_ms} "
         f"produce_retries={total} per_minute={total / minutes:.1f} "
         f"by_error={dict(counter.by_error)} by_topic={dict(counter.by_topic)}"
     )

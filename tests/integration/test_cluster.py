@@ -207,7 +207,9 @@ async def _scenario(
     await heal(cluster)
     bootstrap = cluster.bootstrap_servers
     with SandboxServer(chaos_sandbox(review_delay_max_ms=1000)) as sandbox:
-        settings = chaos_settings(bootstrap, sandbox.url)
+        # The production session timeout (the harness's 10 s equals request_timeout_ms: a
+        # heartbeat stuck on a hung coordinator would end the membership and add a rebalance).
+        settings = chaos_settings(bootstrap, sandbox.url, kafka={"session_timeout_ms": 20_000})
         app = ConnectorApp(settings, "all")
         await app.start()
         stop = asyncio.Event()
