@@ -46,8 +46,9 @@ wrk:
 
 # The container image (deploy/docker/Dockerfile) built with podman from Debian packages only:
 # a debootstrap base (cached in /var/cache/hitl-image), `podman build --isolation chroot`,
-# `hitl-connector --help` and `check` run inside the build. ~100 s with nothing cached, ~30 s
-# with the base cached (root; see scripts/build_image.sh). IMAGE_TAG names the result.
+# `hitl-connector --help` and `check` run inside the build. 62-99 s from a clean clone with
+# nothing cached, 22 s with the base cached (root; see scripts/build_image.sh). IMAGE_TAG
+# names the result.
 IMAGE_TAG ?= hitl-kafka-connector:dev
 image:
 	sh scripts/build_image.sh $(IMAGE_TAG)
