@@ -66,8 +66,9 @@ async def _check_live(settings: Settings) -> list[str]:
     from connector.kafka.admin import ensure_topics
 
     report: list[str] = []
-    await ensure_topics(settings, create=False)
+    topics = await ensure_topics(settings, create=False)
     report.append(f"kafka: {settings.kafka.bootstrap_servers} reachable, topics valid")
+    report += [f"kafka: {line}" for line in topics.lines()]
     if settings.hitl.api_key is None:
         report.append("hitl: HITL_API_KEY not set, API not checked")
         return report
@@ -97,9 +98,16 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     from connector.kafka.admin import ensure_topics
 
     settings = _settings(args)
-    created = asyncio.run(ensure_topics(settings, create=True))
+    report = asyncio.run(ensure_topics(settings, create=True))
+    created = report.created
     print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
-    print("all topics valid")
+    for line in report.lines():
+        print(line)
+    print(
+        "all topics valid"
+        if not report.risks
+        else f"all topics valid; {len(report.risks)} replication warning(s) above"
+    )
     return 0
 
 

@@ -56,7 +56,10 @@ class KafkaSettings(_Section):
     # Stable per instance so a restarted instance fences its predecessor's open transaction.
     instance_id: str = Field(default_factory=socket.gethostname, min_length=1)
     transaction_timeout_ms: int = Field(default=30_000, ge=1_000, le=900_000)
-    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    request_timeout_ms: int = Field(default=10_000, ge=1_000)
+    # How old cluster metadata may get before a client refreshes it unasked (aiokafka's
+    # default is 300000): a broker the controller fenced drops out of it within this time.
+    metadata_max_age_ms: int = Field(default=5_000, ge=1_000)
     session_timeout_ms: int = Field(default=20_000, ge=6_000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     producer_linger_ms: int = Field(default=5, ge=0, le=1_000)
@@ -91,8 +94,32 @@ class TopicSettings(_Section):
     internal_partitions: int = Field(default=6, ge=1, le=10_000)
     # Partition count used when the connector creates output/DLQ/input topics itself.
     partitions: int = Field(default=6, ge=1, le=10_000)
-    replication_factor: int = Field(default=1, ge=1, le=32)
+    # Replicas of each topic the connector creates; -1 takes the brokers'
+    # default.replication.factor (as Kafka Streams' replication.factor=-1 does).
+    replication_factor: int = Field(default=-1, ge=-1, le=32)
+    # min.insync.replicas set on topics the connector creates; None keeps the brokers' default.
+    min_insync_replicas: int | None = Field(default=None, ge=1, le=32)
+    # Replicas per topic name, e.g. {"hitl.requests": 3}; wins over replication_factor.
+    replication_factors: dict[str, int] = Field(default_factory=dict)
+    # min.insync.replicas per topic name; wins over min_insync_replicas.
+    min_insync_replicas_per_topic: dict[str, int] = Field(default_factory=dict)
+    # A topic that could lose acknowledged records (1 replica on a multi-broker cluster,
+    # min.insync.replicas 1 with 3+ replicas): log a warning, or refuse to start.
+    unsafe_replication: Literal["warn", "fail"] = "warn"
     create: bool = True
+
+    @model_validator(mode="after")
+    def _replication_valid(self) -> TopicSettings:
+        if self.replication_factor == 0:
+            raise ValueError("topics.replication_factor must be >= 1, or -1 (brokers' default)")
+        for key, values in (
+            ("replication_factors", self.replication_factors),
+            ("min_insync_replicas_per_topic", self.min_insync_replicas_per_topic),
+        ):
+            bad = {name: n for name, n in values.items() if not 1 <= n <= 32}
+            if bad:
+                raise ValueError(f"topics.{key}: values must be 1..32, got {bad}")
+        return self
 
 
 class HitlSettings(_Section):

@@ -39,12 +39,15 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from connector.errors import KafkaSetupError
+
+if TYPE_CHECKING:
+    from connector.devcluster import DevCluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -353,8 +356,16 @@ class DevKafka:
         distribution: KafkaDistribution | None = None,
         extra_listeners: Sequence[ExtraListener] = (),
         scram_users: Sequence[ScramUser] = (),
+        node_id: int = 1,
+        quorum_voters: str | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        # A member of a cluster (``connector.devcluster``): its id, every controller
+        # ("id@host:port,..."), and the cluster id all members format their storage with.
+        self.node_id = node_id
+        self.quorum_voters = quorum_voters
+        self.cluster_id = cluster_id
         self.host = host
         self.port = port
         self.controller_port = controller_port
@@ -528,7 +539,9 @@ class DevKafka:
         protocol_map += [f"{x.name}:{x.protocol}" for x in extra]
         props |= {
             # Static quorum: the controller port may change between restarts of the data dir.
-            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.quorum_voters
+            or f"{self.node_id}@{self.host}:{self.controller_port}",
             "listeners": ",".join([*listeners, f"CONTROLLER://{self.host}:{self.controller_port}"]),
             "advertised.listeners": ",".join(advertised),
             "listener.security.protocol.map": ",".join(protocol_map),
@@ -567,7 +580,8 @@ class DevKafka:
     def _format(self) -> None:
         cmd = self._java_command(
             "kafka.tools.StorageTool",
-            *("format", "-t", new_cluster_id(), "-c", str(self._properties_path())),
+            *("format", "-t", self.cluster_id or new_cluster_id()),
+            *("-c", str(self._properties_path())),
             *(arg for user in self.scram_users for arg in ("--add-scram", user.format_argument())),
             heap="256m",
         )
@@ -646,7 +660,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller-port", type=int, default=0, help="0: any free port")
     parser.add_argument("--host", default="127.0.0.1", help="listen and advertise address")
     parser.add_argument("--data-dir", type=Path, default=Path("var/kafka"), help="storage")
-    parser.add_argument("--heap", default=DEFAULT_HEAP, help="JVM max heap (-Xmx)")
+    parser.add_argument("--heap", default=None, help=f"JVM max heap (-Xmx; {DEFAULT_HEAP})")
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="N > 1: an N-broker KRaft cluster on ports --port, --port+1, ... "
+        "(replication factor min(N, 3), min.insync.replicas RF-1; data in --data-dir/node-<id>)",
+    )
     parser.add_argument(
         "--resolve-only",
         action="store_true",
@@ -654,7 +675,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _serve(broker: DevKafka) -> int:
+async def _serve(broker: DevKafka | DevCluster) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -663,22 +684,35 @@ async def _serve(broker: DevKafka) -> int:
     await broker.start()
     print(
         f"Kafka ready on {broker.bootstrap_servers} in {time.monotonic() - started:.1f}s "
-        f"(data {broker.data_dir}, log {broker.log_path}); Ctrl-C or SIGTERM stops it.",
+        f"(data {broker.data_dir}, log "
+        f"{broker.log_path if isinstance(broker, DevKafka) else 'node-*/broker.log'}); "
+        "Ctrl-C or SIGTERM stops it.",
         flush=True,
     )
     stopped = asyncio.create_task(stop.wait())
-    exited = asyncio.create_task(broker.wait())
+    nodes = broker.nodes if not isinstance(broker, DevKafka) else [broker]
+    exited = asyncio.create_task(_first_exit(nodes))
     await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     exited.cancel()
     if not stop.is_set():
-        print(f"Kafka exited unexpectedly; last lines:\n{broker.log_tail()}", file=sys.stderr)
+        tail = broker.log_tail() if isinstance(broker, DevKafka) else "(see node-*/broker.log)"
+        print(f"Kafka exited unexpectedly; last lines:\n{tail}", file=sys.stderr)
         await broker.stop()
         return 1
     print("stopping Kafka ...", flush=True)
     await broker.stop()
     print("Kafka stopped.", flush=True)
     return 0
+
+
+async def _first_exit(nodes: Sequence[DevKafka]) -> None:
+    waits = [asyncio.create_task(node.wait()) for node in nodes]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -689,12 +723,23 @@ def run_from_args(args: argparse.Namespace) -> int:
             java = find_java()
             print(f"Kafka jars: {dist.lib_dir} (from {dist.source}); Java: {java}")
             return 0
+        if args.brokers > 1:
+            from connector.devcluster import CLUSTER_HEAP, DevCluster
+
+            cluster = DevCluster(
+                args.data_dir,
+                brokers=args.brokers,
+                host=args.host,
+                base_port=args.port,
+                heap=args.heap or CLUSTER_HEAP,
+            )
+            return asyncio.run(_serve(cluster))
         broker = DevKafka(
             args.data_dir,
             port=args.port,
             controller_port=args.controller_port,
             host=args.host,
-            heap=args.heap,
+            heap=args.heap or DEFAULT_HEAP,
         )
         return asyncio.run(_serve(broker))
     except DevKafkaError as exc:

@@ -70,7 +70,6 @@ NOTES: dict[str, str] = {
     "topics.callbacks": "Webhook and poll results keyed by request id (internal).",
     "topics.unmatched": "Callbacks that never matched a request.",
     "topics.escalations": "Claims and escalations; `null` drops them.",
-    "topics.replication_factor": "Replication factor of topics the connector creates.",
     "topics.create": "Create missing topics at start (else they must exist).",
     "hitl.base_url": "HITL.sh API base URL (or the sandbox's `http://host:port/v1`).",
     "hitl.path_prefix": '`"api/"` for `/v1/api/...` paths, `""` for the older `/v1/...`.',

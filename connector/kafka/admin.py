@@ -2,7 +2,9 @@
 
 Owns: which topics exist with which partition counts and cleanup policies. The rules:
 ``hitl.requests`` and ``hitl.callbacks`` have the same partition count (the resolver joins
-them partition by partition) and ``hitl.requests`` is compacted (it is a table). Does not own
+them partition by partition) and ``hitl.requests`` is compacted (it is a table); replication
+comes from ``kafka.replication`` (created with the brokers' default unless set; every topic,
+existing or new, is checked for settings that could lose acknowledged records). Does not own
 producing or consuming.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import NewTopic
@@ -21,6 +23,15 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from connector.config import Settings
 from connector.errors import KafkaSetupError
 from connector.kafka.clients import explain_connect_failure, make_admin
+from connector.kafka.replication import (
+    ClusterDefaults,
+    TopicReplication,
+    cluster_defaults,
+    describe_replication,
+    replication_risks,
+    wanted_min_insync,
+    wanted_replication,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +42,36 @@ class TopicSpec:
     partitions: int
     config: dict[str, str]
     internal: bool
+
+
+@dataclass(slots=True)
+class TopicReport:
+    """What ``ensure_topics`` found: topics created, each topic's replication, the risks."""
+
+    created: list[str] = field(default_factory=list)
+    cluster: ClusterDefaults | None = None
+    topics: list[TopicReplication] = field(default_factory=list)
+    risks: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.cluster is not None:
+            c = self.cluster
+            out.append(
+                f"cluster: {c.brokers} broker(s), default.replication.factor="
+                f"{c.replication_factor}, min.insync.replicas={c.min_insync_replicas}"
+            )
+        out += [f"topic {t.line()}" for t in self.topics]
+        out += [f"WARNING: {risk}" for risk in self.risks]
+        return out
+
+
+def _new_topic(spec: TopicSpec, settings: Settings, defaults: ClusterDefaults) -> NewTopic:
+    config = dict(spec.config)
+    if (min_isr := wanted_min_insync(settings.topics, spec.name)) is not None:
+        config["min.insync.replicas"] = str(min_isr)
+    replicas = wanted_replication(settings.topics, spec.name, defaults)
+    return NewTopic(spec.name, spec.partitions, replicas, topic_configs=config)
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -74,10 +115,12 @@ async def _cleanup_policies(admin: Any, names: list[str]) -> dict[str, str]:
     return policies
 
 
-async def ensure_topics(settings: Settings, *, create: bool) -> list[str]:
+async def ensure_topics(settings: Settings, *, create: bool) -> TopicReport:
     """Create missing topics (when ``create``) and check the shape of all of them.
 
-    Returns the names created. Raises ``KafkaSetupError`` naming each problem.
+    Returns what was created and each topic's replication. Raises ``KafkaSetupError`` naming
+    each problem; replication risks are logged as warnings, or raise with
+    ``topics.unsafe_replication=fail``.
     """
     specs = topic_specs(settings)
     admin = make_admin(settings.kafka)
@@ -90,22 +133,25 @@ async def ensure_topics(settings: Settings, *, create: bool) -> list[str]:
             f"cannot connect to Kafka at {settings.kafka.bootstrap_servers}: "
             f"{reason or exc}; check kafka.bootstrap_servers and the security settings"
         ) from exc
-    created: list[str] = []
+    report = TopicReport()
     try:
+        report.cluster = defaults = await cluster_defaults(admin)
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing and create:
-            new = [
-                NewTopic(
-                    s.name, s.partitions, settings.topics.replication_factor, topic_configs=s.config
-                )
-                for s in missing
-            ]
+            new = [_new_topic(s, settings, defaults) for s in missing]
             # Another instance may win the race; the shape is validated below either way.
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
-            created = [s.name for s in missing]
-            log.info("created topics %s", ", ".join(created))
+                response = await admin.create_topics(new)
+                failed = [
+                    f"{name}: {message or f'error code {code}'}"
+                    for name, code, message, *_ in _topic_errors(response)
+                    if code not in (0, TopicAlreadyExistsError.errno)
+                ]
+                if failed:
+                    raise KafkaSetupError("creating topics failed: " + "; ".join(failed))
+            report.created = [s.name for s in missing]
+            log.info("created topics %s", ", ".join(report.created))
         elif missing:
             raise KafkaSetupError(
                 "missing topics: "
@@ -113,12 +159,14 @@ async def ensure_topics(settings: Settings, *, create: bool) -> list[str]:
                 + "; run `hitl-connector topics create` or set topics.create=true"
             )
         names = [s.name for s in specs]
-        counts = _partition_counts(await admin.describe_topics(names))
+        described = await admin.describe_topics(names)
+        counts = _partition_counts(described)
         for _ in range(100):  # a new topic takes a moment to appear in the broker's metadata
-            if not created or all(n in counts for n in names):
+            if not report.created or all(n in counts for n in names):
                 break
             await asyncio.sleep(0.1)
-            counts = _partition_counts(await admin.describe_topics(names))
+            described = await admin.describe_topics(names)
+            counts = _partition_counts(described)
         problems = [f"topic {s.name} does not exist" for s in specs if s.name not in counts]
         t = settings.topics
         if counts.get(t.requests) != counts.get(t.callbacks):
@@ -128,15 +176,35 @@ async def ensure_topics(settings: Settings, *, create: bool) -> list[str]:
                 "partition)"
             )
         policies = await _cleanup_policies(admin, [t.requests])
+        for _ in range(50):  # on a cluster, another broker may not know a new topic yet
+            if t.requests not in report.created or t.requests in policies:
+                break
+            await asyncio.sleep(0.1)
+            policies = await _cleanup_policies(admin, [t.requests])
         if "compact" not in policies.get(t.requests, ""):
             problems.append(
                 f"{t.requests} must have cleanup.policy=compact, has {policies.get(t.requests)!r}"
             )
         if problems:
             raise KafkaSetupError("topic check failed:\n  " + "\n  ".join(problems))
+        report.topics = await describe_replication(admin, described, defaults)
+        report.risks = [
+            r for topic in report.topics for r in replication_risks(topic, defaults.brokers)
+        ]
     finally:
         await admin.close()
-    return created
+    if report.risks and settings.topics.unsafe_replication == "fail":
+        raise KafkaSetupError(
+            "topics could lose acknowledged records (topics.unsafe_replication=fail):\n  "
+            + "\n  ".join(report.risks)
+        )
+    for risk in report.risks:
+        log.warning("topic replication: %s", risk)
+    return report
+
+
+def _topic_errors(response: Any) -> list[tuple[Any, ...]]:
+    return [tuple(e) for e in getattr(response, "topic_errors", None) or []]
 
 
 async def partition_ids(settings: Settings, topic: str) -> list[int]:

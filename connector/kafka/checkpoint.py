@@ -81,6 +81,8 @@ class Checkpoint:
             if offsets:
                 # In parallel with the produce requests: the offsets' two round trips
                 # (AddOffsetsToTxn, TxnOffsetCommit) need not wait for the records' acks.
+                # Brokers then answer some produce requests NOT_ENOUGH_REPLICAS (retried):
+                # cheaper than serial offsets, see docs/operations.md (Kafka clusters).
                 waits.append(producer.send_offsets_to_transaction(dict(offsets), self._group_id))
             # Every wait ends before the abort below, so no send is left running past it.
             for result in await asyncio.gather(*waits, return_exceptions=True):

@@ -27,6 +27,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from connector.config import KafkaSettings
 from connector.errors import ConfigError
+from connector.kafka.failover import avoid_hung_brokers, forget_coordinators_on_hung_brokers
 
 
 def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
@@ -192,8 +193,9 @@ def make_consumer(
     extra: dict[str, Any] = {}
     if fetch_max_bytes is not None:
         extra["fetch_max_bytes"] = fetch_max_bytes
-    return AIOKafkaConsumer(
+    consumer = AIOKafkaConsumer(
         **connection_kwargs(kafka, role=role),
+        metadata_max_age_ms=kafka.metadata_max_age_ms,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -204,9 +206,17 @@ def make_consumer(
         max_poll_records=max_records,
         **extra,
     )
+    avoid_hung_brokers(consumer._client, kafka.request_timeout_ms)
+    return consumer
 
 
 TXN_RETRY_BACKOFF_MS = 20
+
+
+def transactional_id(kafka: KafkaSettings, role: str) -> str:
+    """``<group>-<role>-<instance_id>``: the same for a restarted or replaced instance (a
+    StatefulSet pod keeps its name), so its first transaction fences the predecessor's."""
+    return f"{kafka.group_id}-{role}-{kafka.instance_id}"
 
 
 def make_transactional_producer(kafka: KafkaSettings, *, role: str) -> AIOKafkaProducer:
@@ -216,11 +226,12 @@ def make_transactional_producer(kafka: KafkaSettings, *, role: str) -> AIOKafkaP
     predecessor's open transaction at once, instead of blocking read_committed readers
     until the transaction times out.
     """
-    return AIOKafkaProducer(
+    producer = AIOKafkaProducer(
         **connection_kwargs(kafka, role=role),
+        metadata_max_age_ms=kafka.metadata_max_age_ms,
         enable_idempotence=True,
         acks="all",
-        transactional_id=f"{kafka.group_id}-{role}-{kafka.instance_id}",
+        transactional_id=transactional_id(kafka, role),
         transaction_timeout_ms=kafka.transaction_timeout_ms,
         # Transactions run back to back (commit pipeline): the next one often asks the
         # coordinator while it still writes the previous one's markers and is told
@@ -231,19 +242,27 @@ def make_transactional_producer(kafka: KafkaSettings, *, role: str) -> AIOKafkaP
         max_batch_size=kafka.producer_max_batch_bytes,
         compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
     )
+    avoid_hung_brokers(producer.client, kafka.request_timeout_ms)
+    forget_coordinators_on_hung_brokers(producer)
+    return producer
 
 
 def make_producer(kafka: KafkaSettings, *, role: str) -> AIOKafkaProducer:
     """An idempotent, acks=all producer without transactions (the gateway's)."""
-    return AIOKafkaProducer(
+    producer = AIOKafkaProducer(
         **connection_kwargs(kafka, role=role),
+        metadata_max_age_ms=kafka.metadata_max_age_ms,
         enable_idempotence=True,
         acks="all",
         linger_ms=kafka.producer_linger_ms,
         max_batch_size=kafka.producer_max_batch_bytes,
         compression_type=None if kafka.compression_type == "none" else kafka.compression_type,
     )
+    avoid_hung_brokers(producer.client, kafka.request_timeout_ms)
+    return producer
 
 
 def make_admin(kafka: KafkaSettings) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(**connection_kwargs(kafka, role="admin"))
+    return AIOKafkaAdminClient(
+        **connection_kwargs(kafka, role="admin"), metadata_max_age_ms=kafka.metadata_max_age_ms
+    )

@@ -57,6 +57,9 @@ async def test_topics_create_then_check_live(kafka_bootstrap: str, tmp_path: Pat
         live = cli(["check", "--live"], cfg, HITL_API_KEY=API_KEY)
         assert live.returncode == 0, live.stderr
         assert "API key valid" in live.stdout and "loops found: loop-test" in live.stdout
+        # One broker: every topic with its one replica, and no warning about it.
+        assert f"topic {settings.topics.requests}: partitions=3 replication=1 isr=1" in live.stdout
+        assert "WARNING" not in live.stdout
         again = cli(["topics", "create"], cfg)
         assert "nothing (all topics exist)" in again.stdout
 

@@ -9,11 +9,12 @@
   services' addresses agreeing with each other. ``docker compose config -q`` also runs when a
   compose plugin is installed (it needs no engine).
 * ``deploy/k8s``: the base and the example overlay rendered by a real ``kustomize`` (pinned,
-  from ``scripts/ensure_kustomize.sh``), then: one Deployment per role with the right
+  from ``scripts/ensure_kustomize.sh``), then: one workload per role with the right
   ``--role``, probes on ``/healthz``/``/readyz``, resources, non-root security context, the
   ConfigMap's connector.yaml loaded with ``load_settings`` for every role, PDBs and Services
   selecting existing pods, Secret keys the code reads, and an HPA on the submitter keyed on
-  ``hitl_connector_consumer_lag``.
+  ``hitl_connector_consumer_lag``; the transactional roles are StatefulSets whose pod names
+  (hence transactional ids) survive a replacement.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from prometheus_client import CollectorRegistry
 from connector.app import check_runnable, resolve_roles
 from connector.cli import build_parser
 from connector.config import BatchSettings, GatewaySettings, Settings, load_settings
+from connector.kafka.clients import transactional_id
 from connector.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -560,9 +562,13 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found
 
 
+TRANSACTIONAL_ROLES = ("submitter", "resolver")
+
+
 def deployments_by_role(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The workload (Deployment or StatefulSet) of each role."""
     out = {}
-    for deployment in of_kind(docs, "Deployment"):
+    for deployment in of_kind(docs, "Deployment") + of_kind(docs, "StatefulSet"):
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         args = parse_cli(container["args"])
         assert args.command == "run"
@@ -650,7 +656,9 @@ def test_k8s_config_and_secret_load_for_every_role(
         for var in c.get("env", []):
             if var["name"] == "HITL_CONNECTOR_KAFKA__INSTANCE_ID":
                 assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-                env[var["name"]] = f"{deployment['metadata']['name']}-5d9f7c-x2x9q"
+                # The pod name: <statefulset>-<ordinal>, or <deployment>-<hash>-<suffix>.
+                suffix = "-1" if deployment["kind"] == "StatefulSet" else "-5d9f7c-x2x9q"
+                env[var["name"]] = f"{deployment['metadata']['name']}{suffix}"
             else:
                 env[var["name"]] = var["value"]
         assert "HITL_CONNECTOR_KAFKA__INSTANCE_ID" in env
@@ -658,6 +666,32 @@ def test_k8s_config_and_secret_load_for_every_role(
         check_runnable(settings, resolve_roles(role))
         assert settings.kafka.instance_id.startswith(deployment["metadata"]["name"])
         assert settings.gateway.port == GATEWAY_PORT
+
+
+def test_k8s_transactional_roles_keep_their_transactional_id_across_replacement(
+    docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replaced submitter/resolver pod must fence its predecessor: same transactional id.
+
+    A StatefulSet names pods <name>-<ordinal> (a Deployment's get a random suffix), and the
+    instance id (hence the transactional id) is the pod name."""
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    for role, workload in deployments_by_role(docs).items():
+        if role not in TRANSACTIONAL_ROLES:
+            continue
+        assert workload["kind"] == "StatefulSet", role
+        governing = services[workload["spec"]["serviceName"]]
+        assert governing["spec"].get("clusterIP") == "None"  # a StatefulSet needs it headless
+        (var,) = [
+            v
+            for v in container(workload).get("env", [])
+            if v["name"] == "HITL_CONNECTOR_KAFKA__INSTANCE_ID"
+        ]
+        assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        pod = f"{workload['metadata']['name']}-0"  # the replacement of pod 0 has this name too
+        clean_env(monkeypatch, {"HITL_CONNECTOR_KAFKA__INSTANCE_ID": pod})
+        kafka = load_settings(None).kafka
+        assert transactional_id(kafka, role) == f"{kafka.group_id}-{role}-{pod}"
 
 
 def test_k8s_pdbs_and_services_select_pods(docs: list[dict[str, Any]]) -> None:
@@ -723,7 +757,7 @@ def test_k8s_hpa_scales_submitter_on_consumer_lag(
     assert hpa["apiVersion"] == "autoscaling/v2"
     submitter = deployments_by_role(docs)["submitter"]
     target = hpa["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", submitter["metadata"]["name"])
+    assert (target["kind"], target["name"]) == ("StatefulSet", submitter["metadata"]["name"])
     (metric,) = hpa["spec"]["metrics"]
     spec = metric[metric["type"].lower()]
     assert metric["type"] in ("External", "Pods")
@@ -751,6 +785,7 @@ def test_k8s_keda_example_matches_overlay(rendered: dict[str, list[dict[str, Any
     assert scaled["kind"] == "ScaledObject"
     submitter = deployments_by_role(rendered["example"])["submitter"]
     assert scaled["spec"]["scaleTargetRef"]["name"] == submitter["metadata"]["name"]
+    assert scaled["spec"]["scaleTargetRef"]["kind"] == submitter["kind"]
     assert scaled["metadata"]["namespace"] == submitter["metadata"]["namespace"]
     (trigger,) = scaled["spec"]["triggers"]
     assert 'hitl_connector_consumer_lag{role="submitter"' in trigger["metadata"]["query"]
