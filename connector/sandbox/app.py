@@ -11,7 +11,8 @@ Every API call goes through ``Sandbox.call`` in this order:
 5. error rate → 500 ``Internal server error`` (counted, nothing changed);
 6. the endpoint itself.
 
-``Idempotency-Key`` (create only, when ``honour_idempotency``): successful creates are
+``Idempotency-Key`` is ignored by default (HITL.sh documents none). Only with
+``honour_idempotency_key`` (a kinder-than-documented option): successful creates are
 remembered per (API key, idempotency key); a repeat returns the stored 201 body byte for byte
 (whatever its body) and creates nothing. Failed creates are not remembered.
 
@@ -193,7 +194,7 @@ class Sandbox:
         raw = await request.body()
         stats = self.state.stats
         idem = request.headers.get("idempotency-key") or None
-        if idem is not None and self.options.honour_idempotency:
+        if idem is not None and self.options.honour_idempotency_key:
             replay = self.state.idempotency.get((caller.key_id, idem))
             if replay is not None:
                 stats.idempotent_replays += 1
@@ -242,7 +243,7 @@ class Sandbox:
                 },
             }
         )
-        if idem is not None and self.options.honour_idempotency:
+        if idem is not None and self.options.honour_idempotency_key:
             self.state.idempotency[(caller.key_id, idem)] = payload
         if self.faults.drops_response(text):
             stats.bump(stats.errors_injected, "dropped_after_create")
@@ -267,7 +268,8 @@ class Sandbox:
         record = self._own_request(request, caller)
         if isinstance(record, Response):
             return record
-        if record.status not in ("pending", "claimed"):  # G1: pending or claimed
+        cancellable = ("pending", "claimed") if self.options.kind_cancel_claimed else ("pending",)
+        if record.status not in cancellable:  # G2: "Only pending requests can be cancelled"
             return error(400, "Request cannot be cancelled in current state")
         now = self.clock()
         record.previous_status, record.status = record.status, "cancelled"
