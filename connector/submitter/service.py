@@ -29,6 +29,7 @@ from connector.kafka.pipeline import Failure, Staged
 from connector.kafka.role import TransactionalRole
 from connector.metrics import Metrics
 from connector.submitter.batch import BatchProcessor, BatchStats, CreateClient
+from connector.submitter.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,11 @@ class Submitter(TransactionalRole):
     ) -> None:
         super().__init__("submitter", metrics)
         self._s = settings
-        self._processor = BatchProcessor(settings, client, callback_url_for=callback_url_for)
+        self.journal = Journal(settings)
+        self._processor = BatchProcessor(
+            settings, client, callback_url_for=callback_url_for, journal=self.journal
+        )
+        self.recovery = self._processor.recovery
         self._blocked_until = blocked_until or (lambda: None)
         self.batch_lock = asyncio.Lock()
         self.stats = BatchStats()
@@ -79,6 +84,7 @@ class Submitter(TransactionalRole):
 
     async def start(self) -> None:
         kafka = self._s.kafka
+        await self.journal.start()
         await self._start_committing(kafka, self.group_id, self._committed)
         self._consumer = make_consumer(
             kafka,
@@ -92,12 +98,14 @@ class Submitter(TransactionalRole):
         log.info("submitter started on %s (group %s)", self._s.topics.input, self.group_id)
 
     async def stop(self) -> None:
-        """Close the consumer (leaving the group) and the producer; safe to call twice."""
+        """Close the consumer (leaving the group) and the producers; safe to call twice."""
         await self._close()
+        await self.journal.stop()
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
             self._paused_until.pop(tp, None)
+        self.recovery.forget((tp.topic, tp.partition) for tp in revoked)
 
     async def run(self) -> None:
         """Process batches until ``request_stop``; what was processed is committed at the end."""
@@ -146,6 +154,8 @@ class Submitter(TransactionalRole):
             batch = {tp: recs for tp, recs in batch.items() if tp in assigned and recs}
             if not batch:
                 return
+            if not await self._load_journal(batch):
+                return
             started = time.perf_counter()
             stats = BatchStats()
             plans = await self._processor.process(batch, stats)
@@ -167,6 +177,22 @@ class Submitter(TransactionalRole):
             fetched = sum(len(r) for r in batch.values())
             self.pipeline.stage(Staged(outputs, offsets, rewind, (stats, fetched, started)))
 
+    async def _load_journal(self, batch: dict[TopicPartition, list[Any]]) -> bool:
+        """Read the journal for newly assigned partitions before their first creates."""
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        missing = assigned - self.recovery.loaded
+        if not missing:
+            return True
+        try:
+            self.recovery.load(await self.journal.load(missing), missing)
+        except Exception as exc:  # noqa: BLE001 - Kafka trouble: read the batch again later
+            log.warning("submit journal not readable now (%s); retrying the batch", exc)
+            for tp, records in batch.items():
+                self.consumer.seek(tp, records[0].offset)
+                self._pause(tp, 1.0)
+            return False
+        return True
+
     async def _recover(
         self, failure: Failure | None, extra: dict[TopicPartition, int] | None = None
     ) -> None:
@@ -183,6 +209,9 @@ class Submitter(TransactionalRole):
     def _committed(self, group: list[Staged]) -> None:
         self._failures = 0
         for staged in group:
+            self.recovery.committed(
+                {(tp.topic, tp.partition): o for tp, o in staged.offsets.items()}
+            )
             stats, fetched, started = staged.meta
             self.batches += 1
             self._merge(stats)
