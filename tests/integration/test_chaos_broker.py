@@ -30,6 +30,7 @@ from connector.kafka.admin import ensure_topics
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     decision_settings,
+    event_of,
     free_port,
     offsets,
     produce,
@@ -460,7 +461,7 @@ async def test_commit_never_passes_an_uncreated_record_with_out_of_order_creates
                 # was read is in the request list read after it.
                 committed = await sampler.committed()
                 requests = await asyncio.to_thread(sandbox_get, sandbox.url, "/sandbox/requests")
-                created = {r["idempotency_key"] for r in requests["requests"]}
+                created = {event_of(r) for r in requests["requests"]}
                 samples += 1
                 for partition, upto in committed.items():
                     commits_seen.add((partition, upto))
@@ -483,7 +484,7 @@ async def test_commit_never_passes_an_uncreated_record_with_out_of_order_creates
         last: dict[int, int] = {}
         overtaken = 0
         for r in requests:
-            partition, offset = where[r["idempotency_key"]]
+            partition, offset = where[event_of(r)]
             if offset < last.get(partition, -1):
                 overtaken += 1
             last[partition] = max(offset, last.get(partition, -1))

@@ -33,6 +33,7 @@ from connector.sandbox import SandboxOptions, SandboxServer
 from tests.faultproxy import FaultProxy
 from tests.integration.harness import (
     API_KEY,
+    event_of,
     offsets,
     produce,
     read_all,
@@ -142,7 +143,7 @@ class Watch:
                 snap = await offsets(s.kafka.bootstrap_servers, s.kafka.group_id, s.topics.input)
                 # Keys read after the offsets: a commit can only count requests made before it.
                 got = await asyncio.to_thread(sandbox_get, self._url, "/sandbox/requests")
-                keys = {str(r.get("idempotency_key")) for r in got["requests"]}
+                keys = {event_of(r) for r in got["requests"]}
                 self.samples.append((snap.committed, keys))
             await asyncio.sleep(0.02)
 

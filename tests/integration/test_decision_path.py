@@ -20,6 +20,7 @@ from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     WEBHOOK_SECRET,
     decision_settings,
+    event_of,
     offsets,
     produce,
     read_all,
@@ -89,7 +90,7 @@ async def run_and_check(
     assert len(source_offsets) == n
     for d in decisions:
         req = requests[d["request_id"]]
-        assert d["event_id"] == req["idempotency_key"]
+        assert d["event_id"] == event_of(req)
         assert d["status"] == req["status"]
         if d["status"] == "completed":
             assert d["decided_by"] == "human"

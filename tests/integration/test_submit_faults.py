@@ -25,6 +25,7 @@ from connector.kafka.admin import ensure_topics
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     API_KEY,
+    event_of,
     offsets,
     produce,
     run_settings,
@@ -94,9 +95,7 @@ async def test_outage_with_retry_after_pauses_partitions_and_loses_nothing(
             for c in calls
             if f["ts"] + 0.1 < c["ts"] < f["ts"] + retry_after - 0.05
         ]
-        keys = [
-            r["idempotency_key"] for r in sandbox_get(sandbox.url, "/sandbox/requests")["requests"]
-        ]
+        keys = [event_of(r) for r in sandbox_get(sandbox.url, "/sandbox/requests")["requests"]]
         print(
             f"\noutage: 503s={len(failed)} calls_during_outage="
             f"{sum(1 for c in calls if outage_start <= c['ts'] < outage_start + 20)} "
@@ -245,9 +244,7 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
             except subprocess.TimeoutExpired:
                 proc.kill()
         stats = sandbox_get(sandbox.url, "/sandbox/stats")
-        keys = [
-            r["idempotency_key"] for r in sandbox_get(sandbox.url, "/sandbox/requests")["requests"]
-        ]
+        keys = [event_of(r) for r in sandbox_get(sandbox.url, "/sandbox/requests")["requests"]]
         print(
             f"\nsigkill: events={n} committed_at_kill={before} created_at_kill={created_before} "
             f"requests={len(keys)} lost={n - len(set(keys))} duplicate_requests="
