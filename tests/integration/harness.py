@@ -214,6 +214,14 @@ def source_of(request: dict[str, Any]) -> tuple[str, int, int] | None:
         return None
 
 
+LOOKUP = "GET /loops/{id}/requests"
+
+
+def lookup_calls(stats: dict[str, Any]) -> int:
+    """API calls the connector spent looking requests up (``GET loops/{id}/requests``)."""
+    return sum((stats.get("api_calls") or {}).get(LOOKUP, {}).values())
+
+
 def sandbox_get(url: str, path: str, **params: Any) -> Any:
     return httpx.get(f"{url}{path}", params=params, timeout=10).json()
 

@@ -18,6 +18,8 @@ from connector.app import ConnectorApp
 from connector.config import Settings
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
+    lookup_calls,
+    source_of,
     WEBHOOK_SECRET,
     decision_settings,
     event_of,
@@ -103,6 +105,8 @@ async def run_and_check(
         "seconds": took,
         "api_calls": stats["api_calls_total"],
         "api_calls_per_decision": stats["api_calls_total"] / n,
+        "duplicate_requests": len(requests) - len({source_of(r) for r in requests.values()}),
+        "lookup_calls": lookup_calls(stats),
         "via": collections.Counter(d["via"] for d in decisions),
         "e2e_p50": statistics.median(e2e) if e2e else None,
         "webhooks": stats.get("webhooks"),
