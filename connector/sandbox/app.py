@@ -385,10 +385,22 @@ class Sandbox:
         loop = self._visible_loop(request, caller)
         if isinstance(loop, Response):
             return loop
-        records = [
-            r.public() for r in self.state.by_key.get(caller.key_id, ()) if r.loop_id == loop.id
-        ]
-        data = {"loop_id": loop.id, "requests": records, "count": len(records)}
+        records = [r for r in self.state.by_key.get(caller.key_id, ()) if r.loop_id == loop.id]
+        q = request.query_params
+        if "limit" in q or "offset" in q or "sort" in q:
+            # Undocumented for this endpoint: honoured like GET requests' (a service that pages
+            # costs the caller more calls than one that answers everything, so tests pay them).
+            sort = q.get("sort", "created_at_desc")
+            limit, offset = _int_param(q.get("limit"), 50), _int_param(q.get("offset"), 0)
+            if sort not in SORTS:
+                return invalid("sort", f"sort must be one of: {', '.join(SORTS)}")
+            if limit is None or not 1 <= limit <= 100:
+                return invalid("limit", "limit must be between 1 and 100")
+            if offset is None or offset < 0:
+                return invalid("offset", "offset must be a non-negative integer")
+            records = sort_requests(records, sort)[offset : offset + limit]
+        page = [r.public() for r in records]
+        data = {"loop_id": loop.id, "requests": page, "count": len(page)}
         return ok(200, "Requests retrieved successfully", data)
 
     async def test_key(self, request: Request, caller: Caller) -> Response:

@@ -18,15 +18,15 @@ from connector.app import ConnectorApp
 from connector.config import Settings
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
-    lookup_calls,
-    source_of,
     WEBHOOK_SECRET,
     decision_settings,
     event_of,
+    lookup_calls,
     offsets,
     produce,
     read_all,
     sandbox_get,
+    source_of,
     wait_until,
 )
 

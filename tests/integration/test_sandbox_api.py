@@ -287,6 +287,12 @@ def test_list_endpoints_return_exactly_the_documented_fields(client: httpx.Clien
     (whole,) = page["requests"]  # whole Request objects (§2.5), as GET requests/{id}
     assert whole == client.get(f"{G2}/requests/{request_id}").json()["data"]["request"]
     assert whole["context"] == {"connector": {"ident": "abc"}}
+    newer = create(client)
+    paged = client.get(f"{G2}/loops/{LOOP}/requests", params={"limit": 1, "offset": 1}).json()
+    assert [r["id"] for r in paged["data"]["requests"]] == [request_id]  # newest first
+    first = client.get(f"{G2}/loops/{LOOP}/requests", params={"limit": 1}).json()["data"]
+    assert [r["id"] for r in first["requests"]] == [newer] and first["count"] == 1
+    assert client.get(f"{G2}/loops/{LOOP}/requests", params={"limit": 101}).status_code == 400
 
 
 def test_keys_see_only_their_own_requests(server: SandboxServer, client: httpx.Client) -> None:
