@@ -102,7 +102,9 @@ class _Connection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError("unexpected data on an idle connection"))
             return
         if not self._head_done:
-            self._head_bytes += len(data)
+            # Only what precedes the body counts: one chunk may hold the head and a large body.
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end
             if self._head_bytes > MAX_HEADER_BYTES:
                 self._fail(httpx.RemoteProtocolError("response header section too large"))
                 return

@@ -351,6 +351,7 @@ class BatchProcessor:
             pending = await self._prepare(pending, results, deadline)
         if pending:
             await self._create_all(pending, results, blocked, deadline)
+            self.recovery.settle({p.sought.coord for _, _, p in pending})
         plans: dict[Any, PartitionPlan] = {}
         for tp, outcomes in classified.items():
             final = [

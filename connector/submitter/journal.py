@@ -10,8 +10,8 @@ is acknowledged by all in-sync replicas before the first create is sent. A resta
 newly assigned) submitter reads the entries of its partitions and looks up only those
 offsets, only in that time window (``connector.submitter.recovery``).
 
-Compaction keeps the newest record per key; an entry older than the committed offset is
-harmless (its offsets are never read again). Records that cannot be read are reported and
+Compaction keeps the newest record per key; spans below the committed offset are dropped
+when the entry is read. Records that cannot be read are reported and
 replaced by a conservative window (every offset of the partition, from the record's
 timestamp), never a crash. This module owns the topic's record format and its I/O; what to
 look up and when is ``recovery``'s.
@@ -41,19 +41,35 @@ Coord = tuple[str, int]  # (topic, partition) of the input
 
 
 @dataclass(slots=True)
-class JournalEntry:
-    """Offsets ``[first, end)`` of one input partition may have been created since ``since``."""
+class Span:
+    """Offsets ``[first, end)`` may have been created since ``since``.
 
-    topic: str
-    partition: int
+    ``fences``: per loop, a request created before any of them (a lookup newest first can
+    stop there). ``resolved``: loops already searched for this span after a crash; what was
+    found is in ``JournalEntry.adopted``, the rest was not created before the search.
+    ``mine``: written by this process (never read back from the topic).
+    """
+
     first: int
     end: int
-    since: float  # wall-clock seconds, taken before the first of these creates was sent
-    fences: dict[str, str] = field(default_factory=dict)  # loop id → an older request id
-    readable: bool = True
+    since: float
+    fences: dict[str, str] = field(default_factory=dict)
+    resolved: set[str] = field(default_factory=set)
+    mine: bool = False
 
     def covers(self, offset: int) -> bool:
         return self.first <= offset < self.end
+
+
+@dataclass(slots=True)
+class JournalEntry:
+    """What one input partition may have on HITL.sh that its committed offset does not show."""
+
+    topic: str
+    partition: int
+    spans: list[Span] = field(default_factory=list)
+    adopted: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # → id, timeout_at
+    readable: bool = True
 
 
 def journal_key(group: str, topic: str, partition: int) -> bytes:
@@ -67,10 +83,17 @@ def encode(group: str, entry: JournalEntry) -> bytes:
             "group": group,
             "topic": entry.topic,
             "partition": entry.partition,
-            "first": entry.first,
-            "end": entry.end,
-            "since": entry.since,
-            "fences": entry.fences,
+            "spans": [
+                {
+                    "first": s.first,
+                    "end": s.end,
+                    "since": s.since,
+                    "fences": s.fences,
+                    "resolved": sorted(s.resolved),
+                }
+                for s in entry.spans
+            ],
+            "adopted": {str(o): list(a) for o, a in entry.adopted.items()},
         }
     )
 
@@ -83,6 +106,47 @@ def _int(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise JournalError(f"{name} is not a non-negative integer")
     return value
+
+
+def _strings(value: Any, name: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise JournalError(f"{name} is not an object of strings")
+    return value
+
+
+def _span(doc: Any) -> Span:
+    if not isinstance(doc, dict):
+        raise JournalError("a span is not an object")
+    first, end = _int(doc.get("first"), "first"), _int(doc.get("end"), "end")
+    since = doc.get("since")
+    if not isinstance(since, int | float) or isinstance(since, bool) or since < 0:
+        raise JournalError("since is not a timestamp")
+    resolved = doc.get("resolved")
+    if not isinstance(resolved, list) or not all(isinstance(x, str) for x in resolved):
+        raise JournalError("resolved is not a list of strings")
+    if end < first:
+        raise JournalError("end is before first")
+    return Span(first, end, float(since), _strings(doc.get("fences"), "fences"), set(resolved))
+
+
+def _adopted(doc: Any) -> dict[int, tuple[str, str | None]]:
+    if not isinstance(doc, dict):
+        raise JournalError("adopted is not an object")
+    out: dict[int, tuple[str, str | None]] = {}
+    for offset, value in doc.items():
+        if not (isinstance(offset, str) and offset.isdigit()):
+            raise JournalError("an adopted offset is not a number")
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and isinstance(value[0], str)
+            and (value[1] is None or isinstance(value[1], str))
+        ):
+            raise JournalError("an adopted request is not [id, timeout_at]")
+        out[int(offset)] = (value[0], value[1])
+    return out
 
 
 def decode(value: bytes) -> tuple[str, JournalEntry]:
@@ -98,18 +162,15 @@ def decode(value: bytes) -> tuple[str, JournalEntry]:
     group, topic = doc.get("group"), doc.get("topic")
     if not isinstance(group, str) or not isinstance(topic, str):
         raise JournalError("group or topic is not a string")
-    first, end = _int(doc.get("first"), "first"), _int(doc.get("end"), "end")
-    since = doc.get("since")
-    if not isinstance(since, int | float) or isinstance(since, bool) or since < 0:
-        raise JournalError("since is not a timestamp")
-    fences = doc.get("fences")
-    if not isinstance(fences, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in fences.items()
-    ):
-        raise JournalError("fences is not an object of strings")
-    if end < first:
-        raise JournalError("end is before first")
-    entry = JournalEntry(topic, _int(doc.get("partition"), "partition"), first, end, since, fences)
+    spans = doc.get("spans")
+    if not isinstance(spans, list):
+        raise JournalError("spans is not a list")
+    entry = JournalEntry(
+        topic,
+        _int(doc.get("partition"), "partition"),
+        [_span(s) for s in spans],
+        _adopted(doc.get("adopted")),
+    )
     return group, entry
 
 
@@ -187,7 +248,7 @@ class Journal:
     def _read(self, record: Any, coord: Coord) -> JournalEntry:
         topic, partition = coord
         if record.value is None:  # a tombstone: nothing in flight
-            return JournalEntry(topic, partition, 0, 0, 0.0)
+            return JournalEntry(topic, partition)
         try:
             group, entry = decode(record.value)
             if (group, entry.topic, entry.partition) != (self._group, topic, partition):
@@ -206,4 +267,5 @@ class Journal:
                 topic,
                 partition,
             )
-            return JournalEntry(topic, partition, 0, UNBOUNDED, since, readable=False)
+            # Conservative: anything from here on may exist, created since the record's time.
+            return JournalEntry(topic, partition, [Span(0, UNBOUNDED, since)], readable=False)

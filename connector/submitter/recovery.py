@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from connector.errors import HitlPermanentError
-from connector.submitter.journal import Coord, JournalEntry
+from connector.submitter.journal import Coord, JournalEntry, Span
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,6 @@ class Sought:
     offset: int
     loop_id: str
     ident: str
-
-
-@dataclass(slots=True)
-class _Open:
-    """The journal window a partition has open: written, not yet committed past ``end``."""
-
-    first: int
-    end: int
-    since: float
-    fences: dict[str, str]
 
 
 @dataclass(slots=True)
@@ -115,12 +105,10 @@ class Recovery:
         self._skew = skew_seconds
         self._clock = clock
         self._known: dict[str, Adopted] = {}
-        self._known_at: dict[Coord, dict[int, str]] = {}
-        self._windows: dict[Coord, JournalEntry] = {}  # loaded from the journal
-        self._swept: dict[Coord, set[str]] = {}  # loops swept for a loaded window
+        self._state: dict[Coord, JournalEntry] = {}  # spans and adopted requests per partition
+        self._dirty: set[Coord] = set()  # resolved or adopted since the journal was written
         self._ambiguous: dict[str, tuple[Coord, int]] = {}  # ident → source coordinates
-        self._open: dict[Coord, _Open] = {}
-        self._newest: dict[str, str] = {}  # loop → a request id created by now
+        self._newest: dict[str, str] = {}  # loop → a request id that exists by now
         self.loaded: set[Coord] = set()
         self.stats = SweepStats()
 
@@ -129,42 +117,56 @@ class Recovery:
     def ident(self, coord: Coord, offset: int) -> str:
         return source_identity(self.group, coord[0], coord[1], offset)
 
-    def load(self, entries: dict[Coord, JournalEntry], coords: Iterable[Coord]) -> None:
+    def _entry(self, coord: Coord) -> JournalEntry:
+        entry = self._state.get(coord)
+        if entry is None:
+            entry = self._state[coord] = JournalEntry(coord[0], coord[1])
+        return entry
+
+    def load(
+        self,
+        entries: dict[Coord, JournalEntry],
+        coords: Iterable[Coord],
+        committed: dict[Coord, int] | None = None,
+    ) -> None:
         """Take the journal's entries for newly assigned ``coords`` (none = nothing open)."""
         for coord in coords:
             self.loaded.add(coord)
             entry = entries.get(coord)
-            if entry is None or entry.end <= entry.first:
+            if entry is None:
                 continue
-            self._windows[coord] = entry
-            self._swept[coord] = set()
-            if entry.readable:  # carried on, so a second crash still knows these offsets
-                self._open[coord] = _Open(entry.first, entry.end, entry.since, dict(entry.fences))
-            log.info(
-                "submit journal: %s-%d offsets %d..%s may exist on HITL.sh since %.0f; they "
-                "are looked up before they are created",
-                coord[0],
-                coord[1],
-                entry.first,
-                "end" if not entry.readable else entry.end - 1,
-                entry.since,
-            )
+            self._state[coord] = entry
+            for offset, (request_id, timeout_at) in entry.adopted.items():
+                self._known[self.ident(coord, offset)] = Adopted(request_id, timeout_at)
+            upto = (committed or {}).get(coord)
+            if upto is not None:
+                self.committed({coord: upto})
+            for span in entry.spans:
+                log.info(
+                    "submit journal: %s-%d offsets %d..%s may exist on HITL.sh since %.0f; they "
+                    "are looked up before they are created",
+                    coord[0],
+                    coord[1],
+                    span.first,
+                    "end" if not entry.readable else span.end - 1,
+                    span.since,
+                )
 
     def forget(self, coords: Iterable[Coord]) -> None:
         """Partitions revoked: whoever gets them reads the journal again."""
         for coord in coords:
             self.loaded.discard(coord)
-            self._windows.pop(coord, None)
-            self._swept.pop(coord, None)
-            self._open.pop(coord, None)
-            for ident in self._known_at.pop(coord, {}).values():
-                self._known.pop(ident, None)
+            self._dirty.discard(coord)
+            entry = self._state.pop(coord, None)
+            if entry is not None:
+                for offset in entry.adopted:
+                    self._known.pop(self.ident(coord, offset), None)
             for ident in [i for i, (c, _) in self._ambiguous.items() if c == coord]:
                 del self._ambiguous[ident]
 
     def created(self, s: Sought, adopted: Adopted) -> None:
         self._known[s.ident] = adopted
-        self._known_at.setdefault(s.coord, {})[s.offset] = s.ident
+        self._entry(s.coord).adopted[s.offset] = (adopted.request_id, adopted.timeout_at)
         self._newest[s.loop_id] = adopted.request_id
 
     def ambiguous(self, s: Sought) -> None:
@@ -174,50 +176,68 @@ class Recovery:
     def committed(self, offsets: dict[Coord, int]) -> None:
         """Offsets up to (not including) these are committed: close what they cover."""
         for coord, upto in offsets.items():
-            known = self._known_at.get(coord)
-            if known:
-                for offset in [o for o in known if o < upto]:
-                    self._known.pop(known.pop(offset), None)
-            window = self._windows.get(coord)
-            if window is not None and window.readable and upto >= window.end:
-                del self._windows[coord]
-                self._swept.pop(coord, None)
-            opened = self._open.get(coord)
-            if opened is not None:
-                if upto >= opened.end:
-                    del self._open[coord]
-                else:
-                    opened.first = max(opened.first, upto)
+            entry = self._state.get(coord)
+            if entry is None:
+                continue
+            for offset in [o for o in entry.adopted if o < upto]:
+                del entry.adopted[offset]
+                self._known.pop(self.ident(coord, offset), None)
+            spans = [s for s in entry.spans if s.end > upto]
+            for span in spans:
+                span.first = max(span.first, upto)
+            entry.spans = spans
+            if not spans and not entry.adopted and coord not in self._dirty:
+                del self._state[coord]
 
     def journal_entries(self, ranges: dict[Coord, tuple[int, int]]) -> list[JournalEntry]:
-        """Entries to write (and have acknowledged) before creating ``[first, end)`` ranges."""
+        """Entries to write (and have acknowledged) before creating ``[first, end)`` ranges.
+
+        Also every partition whose lookup results are not written yet (so a second crash
+        need not search again). Created requests are listed under ``adopted`` until their
+        offsets commit: a crash then finds them in the journal, not by searching."""
         now = self._clock()
-        out = []
         for coord, (first, end) in ranges.items():
-            opened = self._open.get(coord)
-            if opened is None:
-                opened = self._open[coord] = _Open(first, end, now, dict(self._newest))
-            opened.first, opened.end = min(opened.first, first), max(opened.end, end)
-            out.append(
-                JournalEntry(
-                    coord[0], coord[1], opened.first, opened.end, opened.since, opened.fences
-                )
-            )
-        return out
+            self._entry(coord).spans.append(Span(first, end, now, dict(self._newest), mine=True))
+        coords = set(ranges) | self._dirty
+        self._dirty.clear()
+        return [self._state[c] for c in coords if c in self._state]
+
+    def settle(self, coords: Iterable[Coord]) -> None:
+        """The batch's creates are over: every request made is under ``adopted``, the rest
+        were not sent. Its spans go (except around an ambiguous create) at the next write."""
+        doubtful = {(c, o) for c, o in self._ambiguous.values()}
+        for coord in coords:
+            entry = self._state.get(coord)
+            if entry is None:
+                continue
+            entry.spans = [
+                sp
+                for sp in entry.spans
+                if not sp.mine or any(c == coord and sp.covers(o) for c, o in doubtful)
+            ]
+            self._dirty.add(coord)
 
     # --- resolving ---------------------------------------------------------------------------
 
     def known(self, ident: str) -> Adopted | None:
         return self._known.get(ident)
 
+    def _open_spans(self, loop_id: str) -> list[tuple[Coord, Span]]:
+        """Spans of dead processes not yet searched in ``loop_id``."""
+        return [
+            (coord, span)
+            for coord, entry in self._state.items()
+            for span in entry.spans
+            if not span.mine and loop_id not in span.resolved
+        ]
+
     def _suspect(self, s: Sought) -> bool:
         if s.ident in self._ambiguous:
             return True
-        window = self._windows.get(s.coord)
-        return (
-            window is not None
-            and window.covers(s.offset)
-            and s.loop_id not in self._swept.get(s.coord, ())
+        entry = self._state.get(s.coord)
+        return entry is not None and any(
+            not span.mine and span.covers(s.offset) and s.loop_id not in span.resolved
+            for span in entry.spans
         )
 
     async def resolve(
@@ -229,49 +249,41 @@ class Recovery:
         then nothing of ``sought`` that needed the lookup may be created yet.
         """
         found: dict[str, Adopted] = {}
-        to_look: dict[str, list[Sought]] = {}
+        loops: set[str] = set()
         for s in sought:
             adopted = self._known.get(s.ident)
             if adopted is not None:
                 found[s.ident] = adopted
                 self.stats.reused += 1
             elif self._suspect(s):
-                to_look.setdefault(s.loop_id, []).append(s)
-        for loop_id, group in to_look.items():
-            found.update(await self._sweep(loop_id, group, deadline))
+                loops.add(s.loop_id)
+        for loop_id in sorted(loops):
+            await self._sweep(loop_id, deadline)
+        for s in sought:
+            adopted = self._known.get(s.ident)
+            if adopted is not None and s.ident not in found:
+                found[s.ident] = adopted
         return found
 
-    def _window_of(self, group: list[Sought]) -> tuple[float, set[str]]:
-        """Oldest start and the fences of every window the sought records belong to."""
-        since, fences = self._clock(), set()
-        for s in group:
-            for w in (self._windows.get(s.coord), self._open.get(s.coord)):
-                if w is not None:
-                    since = min(since, w.since)
-                    fence = w.fences.get(s.loop_id)
-                    if fence is None:
-                        fences.add("")  # one window has no fence: the time bound decides
-                    else:
-                        fences.add(fence)
-        return since, fences
-
-    async def _sweep(
-        self, loop_id: str, group: list[Sought], deadline: float | None
-    ) -> dict[str, Adopted]:
-        client = self._client
-        wanted = {s.ident for s in group}
-        found: dict[str, Adopted] = {}
-        where: dict[str, tuple[Coord, int]] = {}
-        since, fences = self._window_of(group)
+    async def _sweep(self, loop_id: str, deadline: float | None) -> None:
+        """Search ``loop_id`` once for every open span of every partition and every
+        ambiguous create: newest first, until all their fences are passed (or requests are
+        older than the oldest span minus the allowed clock skew)."""
+        spans = self._open_spans(loop_id)
+        ambiguous = dict(self._ambiguous)
+        for coord, offset in ambiguous.values():
+            entry = self._state.get(coord)
+            spans += [(coord, sp) for sp in (entry.spans if entry else ()) if sp.covers(offset)]
+        since = min((sp.since for _, sp in spans), default=self._clock())
+        fences = {sp.fences.get(loop_id, "") for _, sp in spans}
         stop_at = since - self._skew
-        coords = {s.coord for s in group}
         self.stats.sweeps += 1
-        unreadable = 0
-        if client is not None:
-            page_no = 0
-            while page_no < MAX_PAGES:
+        unreadable = adopted = 0
+        seen: set[str] = set()
+        if self._client is not None:
+            for page_no in range(MAX_PAGES):
                 try:
-                    page = await client.list_loop_requests(
+                    page = await self._client.list_loop_requests(
                         loop_id, limit=PAGE, offset=page_no * PAGE, deadline=deadline
                     )
                 except HitlPermanentError as exc:
@@ -279,14 +291,13 @@ class Recovery:
                     log.warning("lookup in loop %s refused (%s); creating instead", loop_id, exc)
                     break
                 self.stats.calls += 1
-                self.stats.by_loop[loop_id] = self.stats.by_loop.get(loop_id, 0) + 1
                 if page_no == 0 and page and isinstance(page[0].get("id"), str):
                     self._newest.setdefault(loop_id, page[0]["id"])
-                passed_fence, oldest = False, None
+                oldest = None
                 for item in page:
                     request_id = item.get("id")
-                    if isinstance(request_id, str) and request_id in fences:
-                        passed_fence = True
+                    if isinstance(request_id, str):
+                        seen.add(request_id)
                     created = _epoch(item.get("created_at"))
                     if created is not None:
                         oldest = created if oldest is None else min(oldest, created)
@@ -297,14 +308,17 @@ class Recovery:
                     if mine is None:
                         continue
                     ident, coord, offset = mine
-                    sought = ident in wanted or ident in self._ambiguous
-                    if sought or self._in_window(coord, offset):
-                        found[ident] = Adopted(request_id, _str(item.get("timeout_at")))
-                        where[ident] = (coord, offset)
-                page_no += 1
+                    if ident in ambiguous or any(
+                        c == coord and sp.covers(offset) for c, sp in spans
+                    ):
+                        if ident not in self._known:
+                            adopted += 1
+                        self._known[ident] = Adopted(request_id, _str(item.get("timeout_at")))
+                        entry = self._entry(coord)
+                        entry.adopted[offset] = (request_id, _str(item.get("timeout_at")))
+                        self._dirty.add(coord)
                 if (
-                    wanted <= found.keys()
-                    or (passed_fence and "" not in fences)
+                    ("" not in fences and fences <= seen)
                     or (oldest is not None and oldest < stop_at)
                     or len(page) < PAGE
                 ):
@@ -319,35 +333,25 @@ class Recovery:
         if unreadable:
             self.stats.unreadable += unreadable
             log.warning(
-                "lookup in loop %s: %d request(s) with a context.connector that cannot be "
-                "read were skipped (not matched to any record)",
+                "lookup in loop %s: %d request(s) whose context.connector cannot be read were "
+                "skipped (matched to no record)",
                 loop_id,
                 unreadable,
             )
-        for s in group:  # resolved either way now
-            self._ambiguous.pop(s.ident, None)
-        for coord in coords:
-            if coord in self._swept:
-                self._swept[coord].add(loop_id)
-        for s in group:
-            adopted = found.get(s.ident)
-            if adopted is not None:
-                self.created(s, adopted)
-        self.stats.adopted += sum(1 for s in group if s.ident in found)
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "lookup in loop %s: %d of %d possibly created record(s) found on HITL.sh",
-                loop_id,
-                sum(1 for s in group if s.ident in found),
-                len(group),
-            )
-        # Found requests of records not in this batch are kept for when they come.
-        for ident, adopted in found.items():
-            if ident not in wanted and ident not in self._known:
-                coord, offset = where[ident]
-                self._known[ident] = adopted
-                self._known_at.setdefault(coord, {})[offset] = ident
-        return {i: a for i, a in found.items() if i in wanted}
+        for coord, span in spans:
+            if not span.mine:
+                span.resolved.add(loop_id)
+                self._dirty.add(coord)
+        for ident in ambiguous:
+            self._ambiguous.pop(ident, None)
+        self.stats.adopted += adopted
+        log.info(
+            "lookup in loop %s: %d request(s) found for %d span(s) and %d ambiguous create(s)",
+            loop_id,
+            adopted,
+            len(spans),
+            len(ambiguous),
+        )
 
     def _ours(self, item: dict[str, Any]) -> tuple[str, Coord, int] | Literal["unreadable"] | None:
         """``(ident, coord, offset)`` of a request this deployment created; None when it is
@@ -382,10 +386,6 @@ class Recovery:
         ):
             return "unreadable"
         return ident, (topic, partition), offset
-
-    def _in_window(self, coord: Coord, offset: int) -> bool:
-        window = self._windows.get(coord)
-        return window is not None and window.covers(offset)
 
 
 def _str(value: Any) -> str | None:

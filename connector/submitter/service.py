@@ -179,12 +179,16 @@ class Submitter(TransactionalRole):
 
     async def _load_journal(self, batch: dict[TopicPartition, list[Any]]) -> bool:
         """Read the journal for newly assigned partitions before their first creates."""
-        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        missing = assigned - self.recovery.loaded
+        consumer = self.consumer
+        tps = {(tp.topic, tp.partition): tp for tp in consumer.assignment()}
+        missing = set(tps) - self.recovery.loaded
         if not missing:
             return True
         try:
-            self.recovery.load(await self.journal.load(missing), missing)
+            entries = await self.journal.load(missing)
+            committed = {c: await consumer.committed(tps[c]) for c in missing if c in entries}
+            done = {c: o for c, o in committed.items() if o is not None}
+            self.recovery.load(entries, missing, done)
         except Exception as exc:  # noqa: BLE001 - Kafka trouble: read the batch again later
             log.warning("submit journal not readable now (%s); retrying the batch", exc)
             for tp, records in batch.items():
