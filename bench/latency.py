@@ -206,9 +206,10 @@ async def one_run(env: BenchEnv, rate: int, seconds: int) -> dict[str, list[floa
             async with httpx.AsyncClient() as client:
                 got = (await client.get(sandbox_url + "/sandbox/requests", timeout=60)).json()
             created = {
-                r["idempotency_key"]: parse_iso_ms(r["created_at"])
+                event: parse_iso_ms(r["created_at"])
                 for r in got["requests"]
-                if r.get("idempotency_key") in stamps
+                if (event := ((r.get("context") or {}).get("connector") or {}).get("event_id"))
+                in stamps
             }
             received = await callback_received(env.bootstrap, topics["callbacks"])
         finally:
