@@ -246,6 +246,9 @@ class Sandbox:
         if idem is not None and self.options.honour_idempotency_key:
             self.state.idempotency[(caller.key_id, idem)] = payload
         if self.faults.drops_response(text):
+            if self.options.ambiguous_answer == "500":
+                stats.bump(stats.errors_injected, "500_after_create")
+                return error(500, "Internal server error")
             stats.bump(stats.errors_injected, "dropped_after_create")
             return DroppedResponse()
         return Response(payload, 201, media_type=JSON)

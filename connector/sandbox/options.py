@@ -69,6 +69,8 @@ class SandboxOptions(BaseModel):
     # response completes — for every create with the marker, and for this share of others.
     ambiguous_marker: str | None = None
     ambiguous_rate: float = Field(default=0.0, ge=0, le=1)
+    # How such a create ends: the connection dropped, or a 500 after the request was stored.
+    ambiguous_answer: Literal["drop", "500"] = "drop"
 
     # Reviewer side. The auto-reviewer answers each request after a delay drawn uniformly
     # from [review_delay_min_ms, review_delay_max_ms]. answer_mix weights answers (option
@@ -137,6 +139,7 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
         "reject_data",
         "ambiguous_marker",
         "ambiguous_rate",
+        "ambiguous_answer",
         "auto_review",
         "review_delay_min_ms",
         "review_delay_max_ms",

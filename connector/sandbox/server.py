@@ -200,6 +200,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--reject-msg", default="Validation failed", help="msg of the reject rule's 400")
     add("--ambiguous-marker", default=None, help="creates with this text: stored, then dropped")
     add("--ambiguous-rate", type=float, default=0.0, help="share of creates stored then dropped")
+    add(
+        "--ambiguous-answer",
+        choices=("drop", "500"),
+        default="drop",
+        help="how those creates end: connection dropped, or HTTP 500 after the store",
+    )
     add("--seed", type=int, default=None, help="random seed for faults, answers and webhooks")
     _add_reviewer_arguments(parser)
 
@@ -269,6 +275,7 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
         reject_msg=args.reject_msg,
         ambiguous_marker=args.ambiguous_marker,
         ambiguous_rate=args.ambiguous_rate,
+        ambiguous_answer=args.ambiguous_answer,
         seed=args.seed,
         auto_review=args.auto_review,
         review_delay_min_ms=args.review_delay_min_ms,
