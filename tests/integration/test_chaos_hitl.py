@@ -312,12 +312,13 @@ async def test_create_that_never_answers_is_looked_up_then_sent_once_more(
             assert figures.events_in == 10 + n and figures.lost == 0
             assert figures.duplicate_requests == 0 and figures.requests == 10 + n
             assert stalled, "no create reached the stalled endpoint"
-            assert retried.keys() == stalled.keys(), "a stalled create was never sent again"
-            # Never sent again while the first attempt's outcome was unknown, nor before heal.
-            assert min(same_key_gaps) >= 0.9 * read_timeout
+            # Never sent again while the first attempt's outcome was unknown: the held creates
+            # reach the sandbox at the heal, and the lookup after it finds them (adopted), or
+            # finds nothing and the create is sent once more.
+            assert all(len(ts) <= 2 for ts in retried.values()), "a create sent 3 times"
             assert all(ts[1] >= stall_start + stall_seconds - 0.5 for ts in retried.values())
-            assert lookup_calls(stats) >= 1
-            assert max(len(v) for v in retried.values()) == 2, "a create sent more than twice"
+            assert min(same_key_gaps, default=read_timeout) >= 0.9 * read_timeout
+            assert lookup_calls(stats) >= 1 and stats["idempotent_replays"] == 0
             assert committed_during == {warm}, "offsets committed past the stalled records"
             assert watch.max_in_flight <= max_in_flight
             assert watch.rss_growth < RSS_GROWTH_LIMIT
