@@ -32,6 +32,7 @@ from tests.integration.harness import (
     decision_settings,
     event_of,
     free_port,
+    lookup_calls,
     offsets,
     produce,
     read_all,
@@ -198,9 +199,12 @@ async def _broker_fault_mid_stream(
             gateway = dict(app.gateway.app.stats.outcomes) if app.gateway else {}
         finally:
             await app.stop()
-        webhooks = sandbox_get(sandbox.url, "/sandbox/stats")["webhooks"]
+        stats = sandbox_get(sandbox.url, "/sandbox/stats")
+        webhooks = stats["webhooks"]
         print(
             f"\n{name}: fault={fault} outage_s={back - faulted:.1f} "
+            f"extra_api_calls={lookup_calls(stats)} idempotent_replays="
+            f"{stats['idempotent_replays']} "
             f"submitted_before={submitted_before} decided_before={before} "
             f"recovery_s={recovery:.1f} roles_alive={alive} readyz_after_s={readyz:.1f} "
             f"aborted_transactions={aborts} committed_transactions={commits} "
