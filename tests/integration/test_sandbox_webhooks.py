@@ -653,3 +653,21 @@ def test_stop_is_prompt_with_retries_pending(receiver: Receiver) -> None:
     server.stop()
     assert time.monotonic() - started < 5
     assert thread is not None and not thread.is_alive()
+
+
+def test_cli_defaults_are_the_documented_behaviour_and_kind_options_are_named() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    faithful = options_from_args(parser.parse_args([]))
+    assert not faithful.honour_idempotency_key
+    assert not faithful.kind_cancel_claimed and not faithful.kind_timeout_response_data
+    assert faithful.webhook_secret is None  # callback_url deliveries unsigned, as documented
+    kind = options_from_args(
+        parser.parse_args(
+            ["--honour-idempotency-key", "--kind-cancel-claimed", "--kind-timeout-response-data"]
+        )
+    )
+    assert kind.honour_idempotency_key and kind.kind_cancel_claimed
+    assert kind.kind_timeout_response_data
+    # The old flag still parses; ignoring the key is the default now.
+    assert not options_from_args(parser.parse_args(["--ignore-idempotency"])).honour_idempotency_key
