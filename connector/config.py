@@ -222,6 +222,12 @@ class BatchSettings(_Section):
     # this (the skew allowed between this host's clock and HITL.sh's created_at), unless a
     # request known to be older (a fence) is reached first.
     lookup_skew_seconds: float = Field(default=5.0, ge=0, le=3600)
+    journal: bool = Field(
+        default=True,
+        description="Write the submit journal before creates (topics.journal). false only to "
+        "measure what it costs: after a crash the creates in flight are then sent again, and "
+        "HITL.sh as documented makes each a second request.",
+    )
     shutdown_deadline_seconds: float = Field(default=20.0, gt=0)
 
 

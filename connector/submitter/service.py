@@ -67,7 +67,10 @@ class Submitter(TransactionalRole):
         self._s = settings
         self.journal = Journal(settings)
         self._processor = BatchProcessor(
-            settings, client, callback_url_for=callback_url_for, journal=self.journal
+            settings,
+            client,
+            callback_url_for=callback_url_for,
+            journal=self.journal if settings.batch.journal else None,
         )
         self.recovery = self._processor.recovery
         self._blocked_until = blocked_until or (lambda: None)
