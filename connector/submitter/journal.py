@@ -56,6 +56,7 @@ class Span:
     fences: dict[str, str] = field(default_factory=dict)
     resolved: set[str] = field(default_factory=set)
     mine: bool = False
+    settled: bool = False  # its creates are over: each made one is in ``adopted``
 
     def covers(self, offset: int) -> bool:
         return self.first <= offset < self.end
@@ -76,7 +77,14 @@ def journal_key(group: str, topic: str, partition: int) -> bytes:
     return orjson.dumps([group, topic, partition])
 
 
+# Past this many uncommitted requests, a record lists none and keeps its settled spans
+# instead (a crash then looks them up): the record stays far below Kafka's 1 MiB limit.
+MAX_ADOPTED = 5_000
+
+
 def encode(group: str, entry: JournalEntry) -> bytes:
+    listed = len(entry.adopted) <= MAX_ADOPTED
+    spans = [s for s in entry.spans if not (listed and s.settled)]
     return orjson.dumps(
         {
             "v": VERSION,
@@ -91,9 +99,9 @@ def encode(group: str, entry: JournalEntry) -> bytes:
                     "fences": s.fences,
                     "resolved": sorted(s.resolved),
                 }
-                for s in entry.spans
+                for s in spans
             ],
-            "adopted": {str(o): list(a) for o, a in entry.adopted.items()},
+            "adopted": {str(o): list(a) for o, a in entry.adopted.items()} if listed else {},
         }
     )
 

@@ -204,17 +204,16 @@ class Recovery:
 
     def settle(self, coords: Iterable[Coord]) -> None:
         """The batch's creates are over: every request made is under ``adopted``, the rest
-        were not sent. Its spans go (except around an ambiguous create) at the next write."""
-        doubtful = {(c, o) for c, o in self._ambiguous.values()}
+        were not sent. Its spans leave the journal at the next write (unless an ambiguous
+        create lies in one, or too many requests are uncommitted to list them)."""
+        doubtful = set(self._ambiguous.values())
         for coord in coords:
             entry = self._state.get(coord)
             if entry is None:
                 continue
-            entry.spans = [
-                sp
-                for sp in entry.spans
-                if not sp.mine or any(c == coord and sp.covers(o) for c, o in doubtful)
-            ]
+            for sp in entry.spans:
+                if sp.mine and not any(c == coord and sp.covers(o) for c, o in doubtful):
+                    sp.settled = True
             self._dirty.add(coord)
 
     # --- resolving ---------------------------------------------------------------------------

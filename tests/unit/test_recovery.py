@@ -14,6 +14,7 @@ from connector.config import Settings
 from connector.errors import HitlAmbiguousError
 from connector.submitter.batch import BatchProcessor, BatchStats
 from connector.submitter.journal import (
+    MAX_ADOPTED,
     UNBOUNDED,
     JournalEntry,
     JournalError,
@@ -213,9 +214,23 @@ def test_settled_and_committed_spans_leave_the_journal() -> None:
     recovery.created(sought(5), Adopted("r5", None))
     recovery.settle([("in", 0)])
     (entry,) = recovery.journal_entries({})  # dirty: written at the next batch
-    assert entry.spans == [] and entry.adopted == {5: ("r5", None)}
+    _, written = decode(encode(GROUP, entry))
+    assert written.spans == [] and written.adopted == {5: ("r5", None)}
     recovery.committed({("in", 0): 6})
     assert recovery.known(sought(5).ident) is None
+
+
+def test_too_many_uncommitted_requests_keep_the_span_instead_of_listing_them() -> None:
+    recovery = Recovery(None, GROUP, clock=lambda: T0)
+    recovery.journal_entries({("in", 0): (0, MAX_ADOPTED + 1)})
+    for o in range(MAX_ADOPTED + 1):
+        recovery.created(sought(o), Adopted(f"r{o}", None))
+    recovery.settle([("in", 0)])
+    (entry,) = recovery.journal_entries({})
+    raw = encode(GROUP, entry)
+    _, written = decode(raw)
+    assert [(s.first, s.end) for s in written.spans] == [(0, MAX_ADOPTED + 1)]
+    assert written.adopted == {} and len(raw) < 10_000
 
 
 def test_an_unreadable_journal_record_makes_every_offset_suspect() -> None:
