@@ -5,20 +5,24 @@ partition, offset), the identity of its source record in this deployment. The sa
 is the ``Idempotency-Key`` (a second line of defence for a service that honours it; no
 promise rests on it). Before a record is created, ``Recovery.resolve`` decides:
 
-- created earlier by this process and not yet committed (a rewind after an aborted or
-  fenced transaction, or a record past a gap) → adopt that request, no API call;
-- possibly created and unknown here — its offset lies in a journal window of a process that
-  died (``journal``), or its create was ambiguous (timeout, reset, 5xx after it was sent) →
-  look it up: ``GET loops/{id}/requests`` newest first, 100 per call, through the pacer (the
-  calls count against the budget), until every sought record is found, a request known to
-  be older than all of them (the window's fence) is passed, or requests are older than the
-  window's start minus ``batch.lookup_skew_seconds``. Found → adopt; not found → create;
+- its request is known (created by this process and not committed yet — a rewind after an
+  aborted or fenced transaction, a record past a gap — or listed as adopted in the journal
+  of a process that died) → adopt it, no API call;
+- it may exist and is unknown — its offset lies in an open span of a dead process's journal
+  not yet searched in this loop, or its create was ambiguous (timeout, reset, 5xx after it
+  was sent) → search the loop once for every such record of every partition:
+  ``GET loops/{id}/requests`` newest first, 100 per call, through the pacer (the calls count
+  against the budget), until every span's fence (a request older than all its creates) is
+  passed, or requests are older than the oldest span minus ``batch.lookup_skew_seconds``.
+  Found → adopt; not found → create;
 - otherwise → create.
 
-Before any create leaves, ``journal_entries`` gives the journal records to write (the open
-window of each partition, widened to this batch). ``committed`` closes windows and forgets
-adopted requests once their offsets are committed. A request whose ``context`` cannot be
-read is counted and reported, never fatal. This module makes lookups but no Kafka I/O.
+Journal bookkeeping per partition (``journal``): ``journal_entries`` opens a span for a
+batch's creates (written and acknowledged before they leave), ``created`` lists each new
+request as adopted, ``settle`` closes the batch's spans once its creates are over (what was
+made is listed; the rest was not sent), and ``committed`` drops what the commit covers.
+A request whose ``context`` cannot be read is counted and reported, never fatal. This
+module makes lookups but no Kafka I/O.
 """
 
 from __future__ import annotations
