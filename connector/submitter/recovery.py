@@ -111,7 +111,7 @@ class Recovery:
         self._known: dict[str, Adopted] = {}
         self._state: dict[Coord, JournalEntry] = {}  # spans and adopted requests per partition
         self._dirty: set[Coord] = set()  # resolved or adopted since the journal was written
-        self._ambiguous: dict[str, tuple[Coord, int]] = {}  # ident → source coordinates
+        self._ambiguous: dict[str, tuple[Coord, int, str]] = {}  # ident → coord, offset, loop
         self._newest: dict[str, str] = {}  # loop → a request id that exists by now
         self.loaded: set[Coord] = set()
         self.stats = SweepStats()
@@ -165,7 +165,7 @@ class Recovery:
             if entry is not None:
                 for offset in entry.adopted:
                     self._known.pop(self.ident(coord, offset), None)
-            for ident in [i for i, (c, _) in self._ambiguous.items() if c == coord]:
+            for ident in [i for i, (c, _, _) in self._ambiguous.items() if c == coord]:
                 del self._ambiguous[ident]
 
     def created(self, s: Sought, adopted: Adopted) -> None:
@@ -175,7 +175,7 @@ class Recovery:
 
     def ambiguous(self, s: Sought) -> None:
         """The create of ``s`` may have been processed: look it up before sending it again."""
-        self._ambiguous[s.ident] = (s.coord, s.offset)
+        self._ambiguous[s.ident] = (s.coord, s.offset, s.loop_id)
 
     def committed(self, offsets: dict[Coord, int]) -> None:
         """Offsets up to (not including) these are committed: close what they cover."""
@@ -210,7 +210,7 @@ class Recovery:
         """The batch's creates are over: every request made is under ``adopted``, the rest
         were not sent. Its spans leave the journal at the next write (unless an ambiguous
         create lies in one, or too many requests are uncommitted to list them)."""
-        doubtful = set(self._ambiguous.values())
+        doubtful = {(c, o) for c, o, _ in self._ambiguous.values()}
         for coord in coords:
             entry = self._state.get(coord)
             if entry is None:
@@ -273,7 +273,7 @@ class Recovery:
         ambiguous create: newest first, until all their fences are passed (or requests are
         older than the oldest span minus the allowed clock skew)."""
         spans = self._open_spans(loop_id)
-        ambiguous = dict(self._ambiguous)
+        ambiguous = {i: (c, o) for i, (c, o, loop) in self._ambiguous.items() if loop == loop_id}
         for coord, offset in ambiguous.values():
             entry = self._state.get(coord)
             spans += [(coord, sp) for sp in (entry.spans if entry else ()) if sp.covers(offset)]

@@ -249,3 +249,15 @@ class Rec:
     key: bytes | None = None
     timestamp: int = 1_700_000_000_000
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+async def test_a_lookup_in_one_loop_leaves_ambiguous_creates_of_another_loop_in_doubt() -> None:
+    hitl = FakeHitl()
+    recovery = Recovery(hitl, GROUP, clock=lambda: hitl.now)
+    recovery.journal_entries({("in", 0): (0, 2)})
+    recovery.ambiguous(sought(0, "L1"))
+    recovery.ambiguous(sought(1, "L2"))
+    assert await recovery.resolve([sought(0, "L1")]) == {}
+    assert hitl.list_calls == 1
+    await recovery.resolve([sought(1, "L2")])  # still in doubt: looked up in its own loop
+    assert hitl.list_calls == 2
