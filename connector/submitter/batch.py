@@ -151,6 +151,9 @@ class BatchProcessor:
             clock=clock,
         )
         self._journal = journal
+        # The journal write for the next batch's likely offsets, started when the previous
+        # batch ended: usually acknowledged before the next creates are ready to leave.
+        self._ahead: asyncio.Future[None] | None = None
         self._callback_url_for = callback_url_for or (lambda _event_id: None)
         self._clock = clock
         self._monotonic = monotonic
@@ -322,16 +325,46 @@ class BatchProcessor:
         for _, _, p in todo:
             first, end = ranges.get(p.sought.coord, (p.sought.offset, p.sought.offset + 1))
             ranges[p.sought.coord] = (min(first, p.sought.offset), max(end, p.sought.offset + 1))
+        try:
+            await self._journaled(ranges)
+        except Exception as exc:  # noqa: BLE001 - any Kafka failure: nothing may leave
+            log.warning("submit journal not written (%s); deferring the creates", exc)
+            for tp, i, _ in todo:
+                results[(tp, i)] = Outcome("deferred", retry_after=1.0)
+            return []
+        return todo
+
+    async def _journaled(self, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Return once ``ranges`` are in an acknowledged journal record; raises if not."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            try:
+                await ahead
+            except Exception as exc:  # noqa: BLE001 - written again below
+                log.info("journal write ahead failed (%s); writing again", exc)
+            else:
+                if self.recovery.covers(ranges):
+                    return
         entries = self.recovery.journal_entries(ranges)
         if self._journal is not None and entries:
-            try:
-                await self._journal.record(entries)
-            except Exception as exc:  # noqa: BLE001 - any Kafka failure: nothing may leave
-                log.warning("submit journal not written (%s); deferring the creates", exc)
-                for tp, i, _ in todo:
-                    results[(tp, i)] = Outcome("deferred", retry_after=1.0)
-                return []
-        return todo
+            await self._journal.record(entries)
+
+    def _write_ahead(
+        self, batch: dict[Any, list[InputRecord]], plans: dict[Any, PartitionPlan]
+    ) -> None:
+        """This batch's creates are over; journal where the next batch will likely start."""
+        self.recovery.settle_all()
+        if self._journal is None:
+            return
+        size = self._s.batch.max_records
+        ranges: dict[tuple[str, int], tuple[int, int]] = {}
+        for tp, records in batch.items():
+            plan = plans[tp]
+            start = plan.seek_to if plan.seek_to is not None else records[-1].offset + 1
+            ranges[(records[0].topic, records[0].partition)] = (start, start + size)
+        entries = self.recovery.journal_entries(ranges)
+        ahead = self._ahead = asyncio.ensure_future(self._journal.record(entries))
+        ahead.add_done_callback(_retrieve)
 
     async def process(
         self, batch: dict[Any, list[InputRecord]], stats: BatchStats
@@ -351,13 +384,13 @@ class BatchProcessor:
             pending = await self._prepare(pending, results, deadline)
         if pending:
             await self._create_all(pending, results, blocked, deadline)
-            self.recovery.settle({p.sought.coord for _, _, p in pending})
         plans: dict[Any, PartitionPlan] = {}
         for tp, outcomes in classified.items():
             final = [
                 results[(tp, i)] if isinstance(o, _Pending) else o for i, o in enumerate(outcomes)
             ]
             plans[tp] = self._plan(batch[tp], final, stats)
+        self._write_ahead(batch, plans)
         return plans
 
     async def _create_all(
@@ -423,6 +456,12 @@ class BatchProcessor:
             elif out.kind == "dlq" and out.reason:
                 stats.dlq[out.reason] = stats.dlq.get(out.reason, 0) + 1
         return PartitionPlan(commit, gap, retry_after, outputs)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a write-ahead's failure as seen: the next batch writes again and logs it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _text(raw: bytes | None) -> str | None:

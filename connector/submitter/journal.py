@@ -193,7 +193,9 @@ class Journal:
         self.unreadable = 0  # records reported as unreadable since start
 
     async def start(self) -> None:
-        self._producer = make_producer(self._s.kafka, role="submitter-journal")
+        # No linger: every write is awaited (or raced) by the creates behind it.
+        kafka = self._s.kafka.model_copy(update={"producer_linger_ms": 0})
+        self._producer = make_producer(kafka, role="submitter-journal")
         await self._producer.start()
 
     async def stop(self) -> None:

@@ -206,6 +206,22 @@ class Recovery:
         self._dirty.clear()
         return [self._state[c] for c in coords if c in self._state]
 
+    def covers(self, ranges: dict[Coord, tuple[int, int]]) -> bool:
+        """Whether an open span of this process holds each range (written ahead)."""
+        return all(
+            any(
+                sp.mine and not sp.settled and sp.first <= first and end <= sp.end
+                for sp in self._state[coord].spans
+            )
+            if coord in self._state
+            else False
+            for coord, (first, end) in ranges.items()
+        )
+
+    def settle_all(self) -> None:
+        """A batch is over and no create is on its way: settle every partition's spans."""
+        self.settle(list(self._state))
+
     def settle(self, coords: Iterable[Coord]) -> None:
         """The batch's creates are over: every request made is under ``adopted``, the rest
         were not sent. Its spans leave the journal at the next write (unless an ambiguous
@@ -216,9 +232,13 @@ class Recovery:
             if entry is None:
                 continue
             for sp in entry.spans:
-                if sp.mine and not any(c == coord and sp.covers(o) for c, o in doubtful):
+                if (
+                    sp.mine
+                    and not sp.settled
+                    and not any(c == coord and sp.covers(o) for c, o in doubtful)
+                ):
                     sp.settled = True
-            self._dirty.add(coord)
+                    self._dirty.add(coord)
 
     # --- resolving ---------------------------------------------------------------------------
 
