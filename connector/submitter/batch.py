@@ -149,6 +149,7 @@ class BatchProcessor:
             settings.kafka.group_id,
             skew_seconds=settings.batch.lookup_skew_seconds,
             clock=clock,
+            default_loop=settings.loops.default,
         )
         self._journal = journal
         # The journal write for the next batch's likely offsets, started when the previous

@@ -103,8 +103,12 @@ class Recovery:
         *,
         skew_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
+        default_loop: str | None = None,
     ) -> None:
         self._client = client
+        # Searched as soon as a dead process's spans are loaded (before any create), so a
+        # partition whose records come late does not keep an old span open.
+        self._default_loop = default_loop
         self.group = group
         self._skew = skew_seconds
         self._clock = clock
@@ -280,6 +284,8 @@ class Recovery:
                 self.stats.reused += 1
             elif self._suspect(s):
                 loops.add(s.loop_id)
+        if self._default_loop and self._open_spans(self._default_loop):
+            loops.add(self._default_loop)
         for loop_id in sorted(loops):
             await self._sweep(loop_id, deadline)
         for s in sought:
