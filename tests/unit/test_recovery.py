@@ -261,3 +261,46 @@ async def test_a_lookup_in_one_loop_leaves_ambiguous_creates_of_another_loop_in_
     assert hitl.list_calls == 1
     await recovery.resolve([sought(1, "L2")])  # still in doubt: looked up in its own loop
     assert hitl.list_calls == 2
+
+
+class RecordingJournal:
+    def __init__(self, hitl: FakeHitl) -> None:
+        self.hitl = hitl
+        self.writes: list[tuple[int, list[JournalEntry]]] = []  # (creates so far, entries)
+
+    async def record(self, entries: Any) -> None:
+        await asyncio.sleep(0.01)
+        self.writes.append((len(self.hitl.creates), [decode(encode(GROUP, e))[1] for e in entries]))
+
+
+async def test_the_next_batch_is_journaled_ahead_so_its_creates_wait_for_nothing() -> None:
+    hitl = FakeHitl()
+    journal = RecordingJournal(hitl)
+    settings = Settings(loops={"default": "L1"}, kafka={"group_id": GROUP})  # type: ignore[arg-type]
+    processor = BatchProcessor(settings, hitl, journal=journal)  # type: ignore[arg-type]
+    first = [Rec(o, orjson.dumps({"id": f"e{o}", "content": "x"})) for o in range(3)]
+    await processor.process({"tp": first}, BatchStats())
+    assert [n for n, _ in journal.writes] == [0]  # written before any create; ahead pending
+    second = [Rec(o, orjson.dumps({"id": f"e{o}", "content": "x"})) for o in range(3, 6)]
+    await processor.process({"tp": second}, BatchStats())
+    # The write ahead (started when the first batch ended) covered the second batch: it was
+    # acknowledged before the second batch's creates, and no other write was needed.
+    assert [n for n, _ in journal.writes] == [0, 3]
+    (ahead,) = journal.writes[1][1]
+    assert [(s.first, s.end) for s in ahead.spans] == [(3, 3 + settings.batch.max_records)]
+    assert sorted(ahead.adopted) == [0, 1, 2]  # made by the first batch, not committed yet
+    await asyncio.sleep(0.05)
+    assert len(journal.writes) == 3 and len(hitl.creates) == 6
+
+
+async def test_spans_of_a_dead_process_are_searched_in_the_default_loop_first() -> None:
+    hitl = FakeHitl()
+    recovery = Recovery(hitl, GROUP, clock=lambda: hitl.now, default_loop="L1")
+    other = JournalEntry("in", 1, [Span(50, 60, T0 - 10)])
+    recovery.load({("in", 1): other}, [("in", 0), ("in", 1)])
+    # A record of another partition, no span of its own: the late partition's span is
+    # searched now, before anything is created, and not again.
+    assert await recovery.resolve([sought(7)]) == {}
+    assert hitl.list_calls == 1
+    await recovery.resolve([Sought(("in", 1), 55, "L1", source_identity(GROUP, "in", 1, 55))])
+    assert hitl.list_calls == 1
