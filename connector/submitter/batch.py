@@ -22,6 +22,7 @@ This module performs HTTP calls through the client but no Kafka I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -349,6 +350,22 @@ class BatchProcessor:
         entries = self.recovery.journal_entries(ranges)
         if self._journal is not None and entries:
             await self._journal.record(entries)
+
+    async def release(self, coords: set[tuple[str, int]]) -> None:
+        """Partitions leave (revoked, or a clean stop) with nothing in flight: write their
+        journal records with every span settled, so their next owner searches nothing."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            with contextlib.suppress(Exception):
+                await ahead
+        self.recovery.settle_all()
+        entries = self.recovery.entries_for(coords)
+        try:
+            if self._journal is not None and entries:
+                await self._journal.record(entries)
+        except Exception as exc:  # noqa: BLE001 - the next owner then searches; no harm
+            log.info("submit journal not updated on release (%s)", exc)
+        self.recovery.forget(coords)
 
     def _write_ahead(
         self, batch: dict[Any, list[InputRecord]], plans: dict[Any, PartitionPlan]

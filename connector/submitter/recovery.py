@@ -222,6 +222,10 @@ class Recovery:
             for coord, (first, end) in ranges.items()
         )
 
+    def entries_for(self, coords: Iterable[Coord]) -> list[JournalEntry]:
+        """The current entries of ``coords`` (an empty one for a partition with nothing)."""
+        return [self._state.get(c) or JournalEntry(c[0], c[1]) for c in coords]
+
     def settle_all(self) -> None:
         """A batch is over and no create is on its way: settle every partition's spans."""
         self.settle(list(self._state))

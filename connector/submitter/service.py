@@ -44,7 +44,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Waits for the batch in progress, and every staged one, to commit before the
         # partitions move. Anything that failed is read again by whoever gets the partition.
         async with self._owner.batch_lock:
-            await self._owner.settle()
+            if await self._owner.settle():
+                await self._owner.release(revoked)
             self._owner.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -110,6 +111,10 @@ class Submitter(TransactionalRole):
             self._paused_until.pop(tp, None)
         self.recovery.forget((tp.topic, tp.partition) for tp in revoked)
 
+    async def release(self, tps: set[TopicPartition]) -> None:
+        """Everything of ``tps`` is committed: tell the journal nothing is in flight."""
+        await self._processor.release({(tp.topic, tp.partition) for tp in tps})
+
     async def run(self) -> None:
         """Process batches until ``request_stop``; what was processed is committed at the end."""
         pipeline = self.pipeline
@@ -121,14 +126,17 @@ class Submitter(TransactionalRole):
             batch = await self._fetch()
             if batch:
                 await self._handle(batch)
-        await self.settle()
+        if await self.settle():  # all committed: nothing is in flight
+            await self.release(self.consumer.assignment())
 
-    async def settle(self) -> None:
-        """Wait until every staged batch is committed (or failed: then it is read again)."""
+    async def settle(self) -> bool:
+        """Wait until every staged batch is committed (or failed: then it is read again);
+        True when everything was committed."""
         failure = await self.pipeline.flush()
         if failure is not None:
             self._count_abort()
             log.warning("checkpoint failed while settling: %s", failure.error)
+        return failure is None
 
     async def _fetch(self) -> dict[TopicPartition, list[Any]]:
         consumer = self.consumer
