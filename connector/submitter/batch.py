@@ -251,9 +251,12 @@ class BatchProcessor:
             response_cfg=self._response_config,
         )
         coord = (rec.topic, rec.partition)
-        sought = Sought(coord, rec.offset, loop_id, self.recovery.ident(coord, rec.offset))
+        ts = rec.timestamp if isinstance(rec.timestamp, int) else -1
+        sought = Sought(coord, rec.offset, loop_id, self.recovery.ident(coord, rec.offset, ts))
         # The identity a lookup matches on, scoped to this deployment and source record.
-        built.body["context"]["connector"].update(group=self.recovery.group, ident=sought.ident)
+        built.body["context"]["connector"].update(
+            group=self.recovery.group, timestamp=ts, ident=sought.ident
+        )
         return _Pending(rec, source, event, loop_id, built.body, built.truncated, sought)
 
     async def _create(

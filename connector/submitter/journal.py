@@ -69,7 +69,8 @@ class JournalEntry:
     topic: str
     partition: int
     spans: list[Span] = field(default_factory=list)
-    adopted: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # → id, timeout_at
+    # offset → (request id, timeout_at, ident): requests created (or found) not committed yet
+    adopted: dict[int, tuple[str, str | None, str]] = field(default_factory=dict)
     readable: bool = True
 
 
@@ -139,21 +140,22 @@ def _span(doc: Any) -> Span:
     return Span(first, end, float(since), _strings(doc.get("fences"), "fences"), set(resolved))
 
 
-def _adopted(doc: Any) -> dict[int, tuple[str, str | None]]:
+def _adopted(doc: Any) -> dict[int, tuple[str, str | None, str]]:
     if not isinstance(doc, dict):
         raise JournalError("adopted is not an object")
-    out: dict[int, tuple[str, str | None]] = {}
+    out: dict[int, tuple[str, str | None, str]] = {}
     for offset, value in doc.items():
         if not (isinstance(offset, str) and offset.isdigit()):
             raise JournalError("an adopted offset is not a number")
         if not (
             isinstance(value, list)
-            and len(value) == 2
+            and len(value) == 3
             and isinstance(value[0], str)
             and (value[1] is None or isinstance(value[1], str))
+            and isinstance(value[2], str)
         ):
-            raise JournalError("an adopted request is not [id, timeout_at]")
-        out[int(offset)] = (value[0], value[1])
+            raise JournalError("an adopted request is not [id, timeout_at, ident]")
+        out[int(offset)] = (value[0], value[1], value[2])
     return out
 
 

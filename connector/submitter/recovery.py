@@ -1,9 +1,10 @@
 """At most one HITL request per source record, against HITL.sh as documented (no idempotency key).
 
 Every request carries ``context.connector.ident``: a digest of (consumer group, topic,
-partition, offset), the identity of its source record in this deployment. The same digest
-is the ``Idempotency-Key`` (a second line of defence for a service that honours it; no
-promise rests on it). Before a record is created, ``Recovery.resolve`` decides:
+partition, offset, record timestamp), the identity of its source record in this deployment
+(the timestamp tells a re-created topic's records from the old ones at the same offsets).
+The same digest is the ``Idempotency-Key`` (a second line of defence for a service that
+honours it; no promise rests on it). Before a record is created, ``Recovery.resolve`` decides:
 
 - its request is known (created by this process and not committed yet — a rewind after an
   aborted or fenced transaction, a record past a gap — or listed as adopted in the journal
@@ -46,9 +47,12 @@ PAGE = 100  # the documented maximum per list call
 MAX_PAGES = 50  # per sweep; past it the sweep stops and its records are created
 
 
-def source_identity(group: str, topic: str, partition: int, offset: int) -> str:
-    """Header-safe digest of a source record's identity in one deployment (consumer group)."""
-    raw = orjson.dumps([group, topic, partition, offset])
+def source_identity(group: str, topic: str, partition: int, offset: int, timestamp: int) -> str:
+    """Header-safe digest of a source record's identity in one deployment (consumer group).
+
+    The record's timestamp tells a re-created topic's record from the old one at the same
+    offset, so a reset topic is never handed the previous run's requests."""
+    raw = orjson.dumps([group, topic, partition, offset, timestamp])
     return "hkc1-" + hashlib.sha256(raw).hexdigest()[:40]
 
 
@@ -122,8 +126,8 @@ class Recovery:
 
     # --- bookkeeping -------------------------------------------------------------------------
 
-    def ident(self, coord: Coord, offset: int) -> str:
-        return source_identity(self.group, coord[0], coord[1], offset)
+    def ident(self, coord: Coord, offset: int, timestamp: int) -> str:
+        return source_identity(self.group, coord[0], coord[1], offset, timestamp)
 
     def _entry(self, coord: Coord) -> JournalEntry:
         entry = self._state.get(coord)
@@ -144,8 +148,8 @@ class Recovery:
             if entry is None:
                 continue
             self._state[coord] = entry
-            for offset, (request_id, timeout_at) in entry.adopted.items():
-                self._known[self.ident(coord, offset)] = Adopted(request_id, timeout_at)
+            for request_id, timeout_at, ident in entry.adopted.values():
+                self._known[ident] = Adopted(request_id, timeout_at)
             upto = (committed or {}).get(coord)
             if upto is not None:
                 self.committed({coord: upto})
@@ -167,14 +171,14 @@ class Recovery:
             self._dirty.discard(coord)
             entry = self._state.pop(coord, None)
             if entry is not None:
-                for offset in entry.adopted:
-                    self._known.pop(self.ident(coord, offset), None)
+                for _, _, ident in entry.adopted.values():
+                    self._known.pop(ident, None)
             for ident in [i for i, (c, _, _) in self._ambiguous.items() if c == coord]:
                 del self._ambiguous[ident]
 
     def created(self, s: Sought, adopted: Adopted) -> None:
         self._known[s.ident] = adopted
-        self._entry(s.coord).adopted[s.offset] = (adopted.request_id, adopted.timeout_at)
+        self._entry(s.coord).adopted[s.offset] = (adopted.request_id, adopted.timeout_at, s.ident)
         self._newest[s.loop_id] = adopted.request_id
 
     def ambiguous(self, s: Sought) -> None:
@@ -188,8 +192,7 @@ class Recovery:
             if entry is None:
                 continue
             for offset in [o for o in entry.adopted if o < upto]:
-                del entry.adopted[offset]
-                self._known.pop(self.ident(coord, offset), None)
+                self._known.pop(entry.adopted.pop(offset)[2], None)
             spans = [s for s in entry.spans if s.end > upto]
             for span in spans:
                 span.first = max(span.first, upto)
@@ -348,7 +351,7 @@ class Recovery:
                             adopted += 1
                         self._known[ident] = Adopted(request_id, _str(item.get("timeout_at")))
                         entry = self._entry(coord)
-                        entry.adopted[offset] = (request_id, _str(item.get("timeout_at")))
+                        entry.adopted[offset] = (request_id, _str(item.get("timeout_at")), ident)
                         self._dirty.add(coord)
                 if (
                     ("" not in fences and fences <= seen)
@@ -403,11 +406,12 @@ class Recovery:
         group = conn.get("group")
         if isinstance(group, str) and group != self.group:
             return None
-        ident, topic, partition, offset = (
+        ident, topic, partition, offset, timestamp = (
             conn.get("ident"),
             conn.get("topic"),
             conn.get("partition"),
             conn.get("offset"),
+            conn.get("timestamp"),
         )
         if not (
             group == self.group
@@ -415,7 +419,8 @@ class Recovery:
             and isinstance(topic, str)
             and isinstance(partition, int)
             and isinstance(offset, int)
-            and ident == source_identity(self.group, topic, partition, offset)
+            and isinstance(timestamp, int)
+            and ident == source_identity(self.group, topic, partition, offset, timestamp)
         ):
             return "unreadable"
         return ident, (topic, partition), offset

@@ -26,6 +26,7 @@ from connector.submitter.recovery import Adopted, Recovery, Sought, source_ident
 
 GROUP = "g1"
 T0 = 1_800_000_000.0
+TS = 1_700_000_000_000  # the records' timestamp (ms)
 
 
 def iso(ts: float) -> str:
@@ -51,7 +52,8 @@ class FakeHitl:
                     "topic": "in",
                     "partition": 0,
                     "offset": offset,
-                    "ident": source_identity(group, "in", 0, offset or 0),
+                    "timestamp": TS,
+                    "ident": source_identity(group, "in", 0, offset or 0, TS),
                 }
             }
         self.now += 0.01
@@ -89,7 +91,7 @@ class Made:
 
 
 def sought(offset: int, loop: str = "L1") -> Sought:
-    return Sought(("in", 0), offset, loop, source_identity(GROUP, "in", 0, offset))
+    return Sought(("in", 0), offset, loop, source_identity(GROUP, "in", 0, offset, TS))
 
 
 def crashed(hitl: FakeHitl, first: int, end: int, since: float, fence: str | None) -> Recovery:
@@ -102,15 +104,23 @@ def crashed(hitl: FakeHitl, first: int, end: int, since: float, fence: str | Non
 
 
 def test_identity_is_scoped_to_group_and_record_and_header_safe() -> None:
-    a = source_identity("g1", "in", 0, 5)
-    assert a == source_identity("g1", "in", 0, 5)
-    assert len({a, source_identity("g2", "in", 0, 5), source_identity("g1", "in", 1, 5)}) == 3
+    a = source_identity("g1", "in", 0, 5, TS)
+    assert a == source_identity("g1", "in", 0, 5, TS)
+    others = {
+        source_identity("g2", "in", 0, 5, TS),  # another pipeline
+        source_identity("g1", "in", 1, 5, TS),  # another partition
+        source_identity("g1", "in", 0, 5, TS + 1),  # a re-created topic, same offset
+    }
+    assert len({a} | others) == 4
     assert a.isascii() and all(c.isalnum() or c == "-" for c in a)
 
 
 def test_journal_records_round_trip_and_bad_ones_say_why() -> None:
     entry = JournalEntry(
-        "in", 3, [Span(10, 20, T0, {"L1": "r9"}, {"L2"})], {11: ("r10", None), 12: ("r11", "t")}
+        "in",
+        3,
+        [Span(10, 20, T0, {"L1": "r9"}, {"L2"})],
+        {11: ("r10", None, "i11"), 12: ("r11", "t", "i12")},
     )
     group, back = decode(encode(GROUP, entry))
     assert group == GROUP
@@ -123,8 +133,8 @@ def test_journal_records_round_trip_and_bad_ones_say_why() -> None:
         (orjson.dumps({**good, "v": 9}), "unknown version"),
         (orjson.dumps({**good, "spans": [{"first": 5, "end": 1}]}), "since"),
         (orjson.dumps({**good, "spans": [{**good["spans"][0], "end": 1}]}), "end is before"),
-        (orjson.dumps({**good, "adopted": {"x": ["r", None]}}), "offset is not a number"),
-        (orjson.dumps({**good, "adopted": {"1": "r"}}), "[id, timeout_at]"),
+        (orjson.dumps({**good, "adopted": {"x": ["r", None, "i"]}}), "offset is not a number"),
+        (orjson.dumps({**good, "adopted": {"1": ["r", None]}}), "[id, timeout_at, ident]"),
         (orjson.dumps({**good, "partition": -1}), "partition"),
     ]
     for raw, why in bad:
@@ -168,7 +178,14 @@ async def test_contexts_that_cannot_be_read_are_counted_and_skipped() -> None:
     hitl.add(None, context="not an object")
     hitl.add(None, context={"connector": ["x"]})
     hitl.add(None, context={"connector": {"group": GROUP, "topic": "in", "partition": 0}})
-    forged = {"group": GROUP, "topic": "in", "partition": 0, "offset": 7, "ident": "hkc1-x"}
+    forged = {
+        "group": GROUP,
+        "topic": "in",
+        "partition": 0,
+        "offset": 7,
+        "timestamp": TS,
+        "ident": "hkc1-x",
+    }
     hitl.add(None, context={"connector": forged})
     hitl.add(7, group="other-deployment")  # another pipeline's request for the same record
     hitl.add(None, context=None)  # not created by a connector at all
@@ -181,7 +198,7 @@ async def test_ambiguous_create_is_looked_up_not_repeated() -> None:
     hitl = FakeHitl()
     settings = Settings(loops={"default": "L1"}, kafka={"group_id": GROUP})  # type: ignore[arg-type]
     processor = BatchProcessor(settings, hitl, clock=lambda: hitl.now)  # type: ignore[arg-type]
-    hitl.ambiguous_for.add(source_identity(GROUP, "in", 0, 1))
+    hitl.ambiguous_for.add(source_identity(GROUP, "in", 0, 1, TS))
     records = [Rec(o, orjson.dumps({"id": f"e{o}", "content": "x"})) for o in range(3)]
     plan = (await processor.process({"tp": records}, BatchStats()))["tp"]
     assert plan.commit_offset == 1 and plan.seek_to == 1
@@ -215,7 +232,7 @@ def test_settled_and_committed_spans_leave_the_journal() -> None:
     recovery.settle([("in", 0)])
     (entry,) = recovery.journal_entries({})  # dirty: written at the next batch
     _, written = decode(encode(GROUP, entry))
-    assert written.spans == [] and written.adopted == {5: ("r5", None)}
+    assert written.spans == [] and written.adopted == {5: ("r5", None, sought(5).ident)}
     recovery.committed({("in", 0): 6})
     assert recovery.known(sought(5).ident) is None
 
@@ -302,5 +319,5 @@ async def test_spans_of_a_dead_process_are_searched_in_the_default_loop_first() 
     # searched now, before anything is created, and not again.
     assert await recovery.resolve([sought(7)]) == {}
     assert hitl.list_calls == 1
-    await recovery.resolve([Sought(("in", 1), 55, "L1", source_identity(GROUP, "in", 1, 55))])
+    await recovery.resolve([Sought(("in", 1), 55, "L1", source_identity(GROUP, "in", 1, 55, TS))])
     assert hitl.list_calls == 1
