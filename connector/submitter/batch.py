@@ -344,7 +344,7 @@ class BatchProcessor:
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             try:
-                await ahead
+                await ahead  # bounded: Journal.record times out
             except Exception as exc:  # noqa: BLE001 - written again below
                 log.info("journal write ahead failed (%s); writing again", exc)
             else:

@@ -192,6 +192,7 @@ class Journal:
         self._topic = settings.topics.journal
         self._group = settings.kafka.group_id
         self._producer: Any = None
+        self._wait = 2 * settings.kafka.request_timeout_ms / 1000
         self.unreadable = 0  # records reported as unreadable since start
 
     async def start(self) -> None:
@@ -210,21 +211,24 @@ class Journal:
         producer = self._producer
         if producer is None:
             raise RuntimeError("Journal.start() has not been called")
-        futures = [
-            await producer.send(
-                self._topic,
-                encode(self._group, e),
-                key=journal_key(self._group, e.topic, e.partition),
-            )
+        records = [
+            (journal_key(self._group, e.topic, e.partition), encode(self._group, e))
             for e in entries
         ]
-        if futures:
-            await asyncio.gather(*futures)
+        # Bounded: a write that hangs (broker unreachable) fails, and the creates wait.
+        async with asyncio.timeout(self._wait):
+            futures = [await producer.send(self._topic, v, key=k) for k, v in records]
+            if futures:
+                await asyncio.gather(*futures)
 
     async def load(self, wanted: set[Coord], wait: float = 30.0) -> dict[Coord, JournalEntry]:
         """The newest entry of each ``wanted`` input partition (read to the current end)."""
         if not wanted:
             return {}
+        async with asyncio.timeout(wait + self._wait):
+            return await self._load(wanted, wait)
+
+    async def _load(self, wanted: set[Coord], wait: float) -> dict[Coord, JournalEntry]:
         keys = {journal_key(self._group, t, p): (t, p) for t, p in wanted}
         consumer = AIOKafkaConsumer(
             **connection_kwargs(self._s.kafka, role="submitter-journal"),

@@ -126,8 +126,7 @@ class Submitter(TransactionalRole):
             batch = await self._fetch()
             if batch:
                 await self._handle(batch)
-        if await self.settle():  # all committed: nothing is in flight
-            await self.release(self.consumer.assignment())
+        await self.settle()
 
     async def settle(self) -> bool:
         """Wait until every staged batch is committed (or failed: then it is read again);
