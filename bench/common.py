@@ -243,6 +243,7 @@ def topics_for(run: str) -> dict[str, Any]:
         "requests": f"req-{run}",
         "callbacks": f"cb-{run}",
         "unmatched": f"unm-{run}",
+        "journal": f"jrn-{run}",
         "escalations": None,
     }
 

@@ -32,6 +32,7 @@ from connector.metrics import Metrics
 from connector.resolver.reconciler import Reconciler
 from connector.resolver.service import Resolver
 from connector.submitter.batch import BatchProcessor
+from connector.submitter.journal import Journal
 from connector.submitter.service import Submitter
 
 log = logging.getLogger(__name__)
@@ -123,12 +124,19 @@ class ConnectorApp:
                 def callback_url_for(event_id: str) -> str | None:
                     return base + make_callback_token(event_id, secret)
 
-            processor = BatchProcessor(settings, self.client, callback_url_for=callback_url_for)
+            journal = Journal(settings)
+            processor = BatchProcessor(
+                settings,
+                self.client,
+                callback_url_for=callback_url_for,
+                journal=journal if settings.batch.journal else None,
+            )
             self.submitter = Submitter(
                 settings.kafka,
                 settings.topics.input,
                 settings.batch,
                 processor,
+                journal,
                 blocked_until=self.client.blocked_until,
                 metrics=self.metrics,
             )

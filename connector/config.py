@@ -89,6 +89,9 @@ class TopicSettings(_Section):
     requests: str = "hitl.requests"
     callbacks: str = "hitl.callbacks"
     unmatched: str = "hitl.callbacks.unmatched"
+    # Compacted: per input partition, which offsets may have been created on HITL.sh since
+    # when (connector.submitter.journal); read after a restart to look them up, not recreate.
+    journal: str = "hitl.submit.journal"
     escalations: str | None = "content.escalations"
     # Partition count for hitl.requests and hitl.callbacks (they must match: co-partitioned).
     internal_partitions: int = Field(default=6, ge=1, le=10_000)
@@ -248,6 +251,16 @@ class BatchSettings(_Section):
     )
     # How long one batch may wait for API tokens/retries before deferring the rest.
     max_batch_seconds: float = Field(default=10.0, gt=0)
+    # After a crash, requests are looked up newest first back to the journal's time minus
+    # this (the skew allowed between this host's clock and HITL.sh's created_at), unless a
+    # request known to be older (a fence) is reached first.
+    lookup_skew_seconds: float = Field(default=5.0, ge=0, le=3600)
+    journal: bool = Field(
+        default=True,
+        description="Write the submit journal before creates (topics.journal). false only to "
+        "measure what it costs: after a crash the creates in flight are then sent again, and "
+        "HITL.sh as documented makes each a second request.",
+    )
     shutdown_deadline_seconds: float = Field(default=20.0, gt=0)
 
 

@@ -8,9 +8,9 @@ the input topic) with an idempotent producer. Headers are kept except ``error.*`
 ``source.*``; ``hitl-replayed-from: <dlq topic>/<partition>/<offset>`` is added. ``--dry-run``
 prints what would be sent and sends nothing.
 
-Replay is at-least-once: running it twice sends the records twice. The submitter's
-``Idempotency-Key`` (the event id) keeps HITL.sh from creating a second request for an event
-it already accepted, but filters are the operator's job.
+Replay is at-least-once: running it twice sends the records twice, and each copy is a new
+input record (a new offset), so the submitter asks HITL.sh about each: filters are the
+operator's job.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ ConnectorError
     │                            (status, msg, data); the event goes to the DLQ
     └── HitlRetriableError       429, 408, 5xx, transport errors; carries retry_after
         └── HitlUnavailableError retries exhausted or circuit open; pause and try later
+            └── HitlAmbiguousError   a create may have been processed (timeout, reset, 5xx
+                                     after it was sent): look it up before creating again
 ```
 
 Every class has a ``retriable`` flag; messages say what to do next.
@@ -74,3 +76,11 @@ class HitlRetriableError(HitlError):
 
 class HitlUnavailableError(HitlRetriableError):
     """HITL.sh cannot be used right now (retries exhausted, rate limit, circuit open)."""
+
+
+class HitlAmbiguousError(HitlUnavailableError):
+    """A create left and its outcome is unknown: it may exist on HITL.sh.
+
+    HITL.sh documents no idempotency key, so sending it again may ask a person twice. Look
+    the request up (``connector.submitter.recovery``) before any retry.
+    """

@@ -1,6 +1,7 @@
 """The pooled HITL.sh HTTP client: one ``httpx.AsyncClient`` per process, paced and retried.
 
-Owns: URLs and headers (Bearer key, ``Idempotency-Key`` on creates), the attempt loop
+Owns: URLs and headers (Bearer key, ``Idempotency-Key`` on creates as a second line of
+defence only: a create that may have been processed is never repeated), the attempt loop
 (breaker → pacer → send → learn rate-limit headers → classify → back off), mapping answers
 and transport errors onto ``connector.errors``, and the pool (``build_http``).
 Not here: shaping or validating payloads (callers send documented fields only), pausing Kafka
@@ -27,7 +28,7 @@ from httpx._utils import get_environment_proxies  # httpx's own HTTP(S)_PROXY/NO
 from httpx_aiohttp import AiohttpTransport
 
 from connector.config import HitlSettings
-from connector.errors import HitlPermanentError, HitlUnavailableError
+from connector.errors import HitlAmbiguousError, HitlPermanentError, HitlUnavailableError
 from connector.hitl.pacing import ApiPacer, CircuitBreaker, CircuitState, Clock
 from connector.hitl.retry import (
     RateLimitInfo,
@@ -329,6 +330,8 @@ class HitlClient:
         idempotency_key: str,
         deadline: float | None = None,
     ) -> CreatedRequest:
+        # Never repeated once it may have been processed: HITL.sh documents no idempotency
+        # key, so the key is only a second line of defence. The caller looks it up instead.
         reply = await self._call(
             "POST",
             f"loops/{_seg(loop_id)}/requests",
@@ -336,6 +339,7 @@ class HitlClient:
             json_body=body,
             idempotency_key=idempotency_key,
             deadline=deadline,
+            replay_ambiguous=False,
         )
         request_id = reply.created_id()
         if request_id is None:
@@ -354,6 +358,32 @@ class HitlClient:
     ) -> dict[str, Any]:
         reply = await self._call("GET", f"requests/{_seg(request_id)}", "get_request", deadline)
         return reply.object("request")
+
+    async def list_loop_requests(
+        self,
+        loop_id: str,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        deadline: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """``GET loops/{id}/requests``: whole Request objects (with ``context``), newest first.
+
+        The docs name no parameters for this endpoint; ``limit``/``offset``/``sort`` are sent
+        anyway and the page is sorted here, so a service that ignores them (and answers every
+        request of the loop) and one that pages both work.
+        """
+        params: dict[str, str | int] = {
+            "limit": limit,
+            "offset": offset,
+            "sort": "created_at_desc",
+        }
+        reply = await self._call(
+            "GET", f"loops/{_seg(loop_id)}/requests", "list_loop_requests", deadline, params=params
+        )
+        requests = _dicts(reply.pick("requests"))
+        requests.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
+        return requests
 
     async def list_requests(
         self,
@@ -464,6 +494,7 @@ class HitlClient:
         json_body: dict[str, Any] | None = None,
         params: dict[str, str | int] | None = None,
         idempotency_key: str | None = None,
+        replay_ambiguous: bool = True,
     ) -> _Reply:
         http = self._http
         if http is None:
@@ -474,13 +505,13 @@ class HitlClient:
             raise HitlPermanentError(f"HITL.sh {endpoint}: body is not JSON ({exc})") from None
         if idempotency_key is not None and not _header_safe(idempotency_key):
             raise HitlPermanentError(
-                f"HITL.sh {endpoint}: the Idempotency-Key (the event id) has characters a "
-                "header cannot carry; fix the producer's event ids"
+                f"HITL.sh {endpoint}: the Idempotency-Key has characters a header cannot carry"
             )
         path = (self._settings.path_prefix if prefixed else "") + path
         request = self._request(method, path, content, params, idempotency_key)
-        # A POST without an idempotency key is repeated only when it surely was not processed.
-        replay_safe = method != "POST" or idempotency_key is not None
+        # A POST is repeated only when it surely was not processed (a key is not enough
+        # unless the caller says the service honours it: ``replay_ambiguous``).
+        replay_safe = method != "POST" or (idempotency_key is not None and replay_ambiguous)
         s, attempt = self._settings, 0
         while True:
             outcome = await self._attempt(http, request, endpoint, deadline)
@@ -493,11 +524,16 @@ class HitlClient:
             )
             if outcome.retry_at is not None:
                 delay = max(delay, outcome.retry_at - now)  # never earlier than we were told
-            if (
-                not (replay_safe or outcome.replayable)
-                or attempt > s.max_retries
-                or (deadline is not None and now + delay > deadline)
-            ):
+            if not (replay_safe or outcome.replayable):
+                raise HitlAmbiguousError(
+                    f"HITL.sh {endpoint}: {outcome.what} after the request was sent; it may "
+                    "have been processed, so it is looked up before it is sent again",
+                    status=outcome.status,
+                    msg=outcome.msg,
+                    data=outcome.data,
+                    retry_after=delay,
+                )
+            if attempt > s.max_retries or (deadline is not None and now + delay > deadline):
                 raise HitlUnavailableError(
                     f"HITL.sh {endpoint} failed after {attempt} attempt(s), last: "
                     f"{outcome.what}; pause input and retry after {delay:.1f}s",
@@ -545,7 +581,7 @@ class HitlClient:
             ) from None
         except (httpx.RequestError, aiohttp.ClientError) as exc:
             # Refused, reset, read timeout, bad encoding. After a read timeout the server may
-            # have acted: only a retry with the same Idempotency-Key can find out safely.
+            # have acted: a create is then looked up, not repeated (HitlAmbiguousError).
             self._observer.on_call(endpoint, None, clock.monotonic() - started)
             pacer.release(responded=False, failed=True)
             breaker.record_failure()
@@ -600,7 +636,10 @@ class HitlClient:
             breaker.record_success()  # rate limited is not an outage
         else:
             breaker.record_failure(None if retry_at is None else retry_at - now)
-        return _Retry(f"HTTP {status}: {msg}", status, msg, data, retry_at, status == 429)
+        # 429, 408 and 503 ("Service temporarily unavailable") say the call was not acted on;
+        # after a 500/502/504 a create may exist.
+        unprocessed = status in (408, 429, 503)
+        return _Retry(f"HTTP {status}: {msg}", status, msg, data, retry_at, unprocessed)
 
     def _retry_at(
         self,

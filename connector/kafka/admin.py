@@ -87,6 +87,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.requests, n_int, table, internal=True),
         TopicSpec(t.callbacks, n_int, {}, internal=True),
         TopicSpec(t.unmatched, t.partitions, {}, internal=True),
+        # One small record per input partition matters (the newest); compact often.
+        TopicSpec(
+            t.journal, n_int, {"cleanup.policy": "compact", "segment.ms": "600000"}, internal=True
+        ),
     ]
     if t.escalations:
         specs.append(TopicSpec(t.escalations, t.partitions, {}, internal=False))

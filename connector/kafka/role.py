@@ -10,7 +10,8 @@ its processing and its commit.
 
 A role supplies only: ``_process`` (a batch → staged outputs), ``_rewind`` (how a failed
 batch is read again), ``_count`` (metrics of a committed batch), and optionally
-``_on_assigned``, ``_forget``, ``_after_failed_settle``, ``_start_more`` and ``_has_work``.
+``_on_assigned``, ``_forget``, ``_release``, ``_after_failed_settle``, ``_start_more`` and
+``_has_work``.
 Closing order: the consumer first (it leaves the group, so its partitions move on), then
 whatever the role adds, the checkpoint's producer last. ``close`` is safe to call twice.
 """
@@ -66,7 +67,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # partitions move. Anything that failed is read again by whoever gets the partition.
         owner = self._owner
         async with owner.batch_lock:
-            await owner.settle()
+            if await owner.settle():
+                await owner._release(revoked)
             for tp in revoked:
                 owner._paused_until.pop(tp, None)
                 owner._forget(tp)
@@ -128,6 +130,9 @@ class TransactionalRole:
 
     def _forget(self, tp: TopicPartition) -> None:
         """``tp`` was revoked (after settling): drop what the role holds for it."""
+
+    async def _release(self, revoked: set[TopicPartition]) -> None:
+        """Everything of ``revoked`` was committed before it moves (settled cleanly)."""
 
     async def _after_failed_settle(self) -> None:
         """Settling found a failed transaction (it is read again after the next assignment)."""
@@ -226,13 +231,15 @@ class TransactionalRole:
                 await self._handle(batch)
         await self.settle()
 
-    async def settle(self) -> None:
-        """Wait until every staged batch is committed (or failed: then it is read again)."""
+    async def settle(self) -> bool:
+        """Wait until every staged batch is committed (or failed: then it is read again);
+        True when everything was committed."""
         failure = await self.pipeline.flush()
         if failure is not None:
             self._count_abort()
             log.warning("checkpoint failed while settling: %s", failure.error)
             await self._after_failed_settle()
+        return failure is None
 
     async def _fetch(self) -> Batch:
         consumer, limit = self.consumer, self._max_records

@@ -11,7 +11,8 @@ Every API call goes through ``Sandbox.call`` in this order:
 5. error rate → 500 ``Internal server error`` (counted, nothing changed);
 6. the endpoint itself.
 
-``Idempotency-Key`` (create only, when ``honour_idempotency``): successful creates are
+``Idempotency-Key`` is ignored by default (HITL.sh documents none). Only with
+``honour_idempotency_key`` (a kinder-than-documented option): successful creates are
 remembered per (API key, idempotency key); a repeat returns the stored 201 body byte for byte
 (whatever its body) and creates nothing. Failed creates are not remembered.
 
@@ -193,7 +194,7 @@ class Sandbox:
         raw = await request.body()
         stats = self.state.stats
         idem = request.headers.get("idempotency-key") or None
-        if idem is not None and self.options.honour_idempotency:
+        if idem is not None and self.options.honour_idempotency_key:
             replay = self.state.idempotency.get((caller.key_id, idem))
             if replay is not None:
                 stats.idempotent_replays += 1
@@ -242,9 +243,12 @@ class Sandbox:
                 },
             }
         )
-        if idem is not None and self.options.honour_idempotency:
+        if idem is not None and self.options.honour_idempotency_key:
             self.state.idempotency[(caller.key_id, idem)] = payload
         if self.faults.drops_response(text):
+            if self.options.ambiguous_answer == "500":
+                stats.bump(stats.errors_injected, "500_after_create")
+                return error(500, "Internal server error")
             stats.bump(stats.errors_injected, "dropped_after_create")
             return DroppedResponse()
         return Response(payload, 201, media_type=JSON)
@@ -267,7 +271,8 @@ class Sandbox:
         record = self._own_request(request, caller)
         if isinstance(record, Response):
             return record
-        if record.status not in ("pending", "claimed"):  # G1: pending or claimed
+        cancellable = ("pending", "claimed") if self.options.kind_cancel_claimed else ("pending",)
+        if record.status not in cancellable:  # G2: "Only pending requests can be cancelled"
             return error(400, "Request cannot be cancelled in current state")
         now = self.clock()
         record.previous_status, record.status = record.status, "cancelled"
@@ -383,10 +388,22 @@ class Sandbox:
         loop = self._visible_loop(request, caller)
         if isinstance(loop, Response):
             return loop
-        records = [
-            r.public() for r in self.state.by_key.get(caller.key_id, ()) if r.loop_id == loop.id
-        ]
-        data = {"loop_id": loop.id, "requests": records, "count": len(records)}
+        records = [r for r in self.state.by_key.get(caller.key_id, ()) if r.loop_id == loop.id]
+        q = request.query_params
+        if "limit" in q or "offset" in q or "sort" in q:
+            # Undocumented for this endpoint: honoured like GET requests' (a service that pages
+            # costs the caller more calls than one that answers everything, so tests pay them).
+            sort = q.get("sort", "created_at_desc")
+            limit, offset = _int_param(q.get("limit"), 50), _int_param(q.get("offset"), 0)
+            if sort not in SORTS:
+                return invalid("sort", f"sort must be one of: {', '.join(SORTS)}")
+            if limit is None or not 1 <= limit <= 100:
+                return invalid("limit", "limit must be between 1 and 100")
+            if offset is None or offset < 0:
+                return invalid("offset", "offset must be a non-negative integer")
+            records = sort_requests(records, sort)[offset : offset + limit]
+        page = [r.public() for r in records]
+        data = {"loop_id": loop.id, "requests": page, "count": len(page)}
         return ok(200, "Requests retrieved successfully", data)
 
     async def test_key(self, request: Request, caller: Caller) -> Response:

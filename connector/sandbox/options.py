@@ -18,7 +18,10 @@ ResponseDataStyle = Literal["raw", "structured"]
 
 
 class SandboxOptions(BaseModel):
-    """How the sandbox behaves. Defaults: a well-behaved, unlimited, fault-free service."""
+    """How the sandbox behaves. Defaults: HITL.sh as documented (``hitl-api.md``), unlimited and
+    fault-free. Where the docs are stricter than a convenient test double would be, the
+    default follows the docs and the kinder behaviour is a named option (the ``kind_*`` and
+    ``honour_idempotency_key`` fields), meant for tests of a second line of defence only."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -37,7 +40,14 @@ class SandboxOptions(BaseModel):
     # G1 cancel page: cancelling a pending request gives one call back to the window.
     refund_on_cancel: bool = False
 
-    honour_idempotency: bool = True
+    # HITL.sh documents no Idempotency-Key: by default a repeated create is a second request.
+    honour_idempotency_key: bool = False
+    # G1 cancel page allows cancelling claimed requests too; G2 (the default) only pending ones.
+    kind_cancel_claimed: bool = False
+    # Documented: timeout and cancel deliveries (and GET) carry null response_data, response_by,
+    # response_at, response_time_seconds; the caller applies default_response itself. Kinder:
+    # a timed-out request's response_data is its default_response.
+    kind_timeout_response_data: bool = False
 
     # Faults. Latency applies to every API call: fixed latency_ms, or uniform in
     # [latency_ms, latency_max_ms] when latency_max_ms is set.
@@ -59,6 +69,8 @@ class SandboxOptions(BaseModel):
     # response completes — for every create with the marker, and for this share of others.
     ambiguous_marker: str | None = None
     ambiguous_rate: float = Field(default=0.0, ge=0, le=1)
+    # How such a create ends: the connection dropped, or a 500 after the request was stored.
+    ambiguous_answer: Literal["drop", "500"] = "drop"
 
     # Reviewer side. The auto-reviewer answers each request after a delay drawn uniformly
     # from [review_delay_min_ms, review_delay_max_ms]. answer_mix weights answers (option
@@ -75,8 +87,9 @@ class SandboxOptions(BaseModel):
     timeout_scale: float = Field(default=1.0, gt=0)
 
     # Webhooks: payload style P1 nested / P2 flat / P4 seed / P5 data_response, signature
-    # S1 sha256 / S2 plain / none. callback_url deliveries are signed with webhook_secret
-    # (unsigned when None); registered webhooks with their own secret.
+    # S1 sha256 / S2 plain / none. callback_url deliveries are unsigned by default, as
+    # documented (a create has no secret field, hitl-api.md §2.2), and signed with
+    # webhook_secret only when one is set; registered webhooks with their own secret.
     webhook_payload_style: PayloadStyle = "nested"
     webhook_signature: SignatureStyle = "sha256"
     webhook_secret: str | None = None
@@ -112,7 +125,9 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
         "rate_limit_window_seconds",
         "rate_limit_retry_after",
         "refund_on_cancel",
-        "honour_idempotency",
+        "honour_idempotency_key",
+        "kind_cancel_claimed",
+        "kind_timeout_response_data",
         "latency_ms",
         "latency_max_ms",
         "error_rate",
@@ -124,6 +139,7 @@ RUNTIME_FIELDS: frozenset[str] = frozenset(
         "reject_data",
         "ambiguous_marker",
         "ambiguous_rate",
+        "ambiguous_answer",
         "auto_review",
         "review_delay_min_ms",
         "review_delay_max_ms",

@@ -126,7 +126,7 @@ def _seed(event: str, record: RequestRecord, loop: LoopRecord | None) -> dict[st
             "request_id": record.id,
             "loop_id": record.loop_id,
             "status": record.status,
-            "decision": record.answer,
+            "decision": record.response_data,  # null as documented (kind option: the default)
             "reviewer_id": None,
             "timed_out_at": iso(record.updated_at),
         }

@@ -1,13 +1,14 @@
 """The reviewer side of the sandbox: the request lifecycle after create, and its events.
 
 pending → (claimed) → completed | timeout | cancelled. ``created`` schedules the timeout of
-every request (``timeout_at``: ``default_response`` becomes ``response_data``, status
-``timeout``, no reviewer) and, with ``auto_review``, an answer after a random delay from
-``[review_delay_min_ms, review_delay_max_ms]``, preceded by ``request.claimed`` at half the
-delay (``claim_events``) and ``request.escalated`` at three quarters (``escalate_share`` of
-requests; status unchanged). ``respond`` answers by hand exactly like the auto-reviewer.
-Every transition emits its webhook through the dispatcher. Answers themselves are drawn and
-checked in ``answers``; this module decides *when* and changes the records.
+every request (``timeout_at``: status ``timeout``, null ``response_data`` and reviewer fields
+as documented; ``kind_timeout_response_data`` fills in ``default_response``) and, with
+``auto_review``, an answer after a random delay from ``[review_delay_min_ms,
+review_delay_max_ms]``, preceded by ``request.claimed`` at half the delay (``claim_events``)
+and ``request.escalated`` at three quarters (``escalate_share`` of requests; status
+unchanged). ``respond`` answers by hand exactly like the auto-reviewer. Every transition
+emits its webhook through the dispatcher. Answers themselves are drawn and checked in
+``answers``; this module decides *when* and changes the records.
 """
 
 from __future__ import annotations
@@ -164,7 +165,9 @@ class Reviewer:
 
     def _expire(self, record: RequestRecord) -> None:
         record.previous_status, record.status = record.status, "timeout"
-        record.answer = record.response_data = record.body["default_response"]
+        record.answer = record.body["default_response"]
+        # Documented: null answer fields on timeout; the caller applies default_response.
+        record.response_data = record.answer if self.options.kind_timeout_response_data else None
         record.response_by = record.response_at = None
         record.reviewer = None
         record.updated_at = self.clock()

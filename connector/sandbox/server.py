@@ -168,7 +168,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--rate-limit-window-seconds", type=int, default=3600, help="window length (default 3600)")
     add("--rate-limit-retry-after", action="store_true", help="send Retry-After on 429")
     add("--refund-on-cancel", action="store_true", help="cancel of a pending request refunds")
-    add("--ignore-idempotency", action="store_true", help="ignore Idempotency-Key headers")
+    add(
+        "--honour-idempotency-key",
+        action="store_true",
+        help="kinder than documented: a repeated create with the same Idempotency-Key returns "
+        "the first request (default: ignored, as HITL.sh documents no such header)",
+    )
+    add("--ignore-idempotency", action="store_true", help=argparse.SUPPRESS)  # the default now
+    add(
+        "--kind-cancel-claimed",
+        action="store_true",
+        help="kinder than documented (G1): claimed requests can be cancelled too",
+    )
+    add(
+        "--kind-timeout-response-data",
+        action="store_true",
+        help="kinder than documented: a timed-out request carries default_response as "
+        "response_data (default: null, the connector applies default_response)",
+    )
     add("--latency-ms", type=float, default=0.0, help="added latency per API call")
     add("--latency-max-ms", type=float, default=None, help="random latency up to this")
     add("--error-rate", type=float, default=0.0, help="share of API calls answered 500")
@@ -179,6 +196,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--reject-msg", default="Validation failed", help="msg of the reject rule's 400")
     add("--ambiguous-marker", default=None, help="creates with this text: stored, then dropped")
     add("--ambiguous-rate", type=float, default=0.0, help="share of creates stored then dropped")
+    add(
+        "--ambiguous-answer",
+        choices=("drop", "500"),
+        default="drop",
+        help="how those creates end: connection dropped, or HTTP 500 after the store",
+    )
     add("--seed", type=int, default=None, help="random seed for faults, answers and webhooks")
     _add_reviewer_arguments(parser)
 
@@ -211,7 +234,12 @@ def _add_reviewer_arguments(parser: argparse.ArgumentParser) -> None:
         default="sha256",
         help="X-HITL-Signature-256: sha256=<hex> / X-HITL-Signature: <hex> / unsigned",
     )
-    add("--webhook-secret", default=None, help="secret for callback_url deliveries")
+    add(
+        "--webhook-secret",
+        default=None,
+        help="sign callback_url deliveries with this secret (default: unsigned, as documented: "
+        "a create has no secret field)",
+    )
     add("--webhook-retry-scale", type=float, default=1.0, help="multiply the retry schedule")
     add("--webhook-timeout-seconds", type=float, default=30.0, help="per delivery attempt")
     add("--webhook-concurrency", type=int, default=32, help="parallel webhook senders")
@@ -230,7 +258,9 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
         rate_limit_window_seconds=args.rate_limit_window_seconds,
         rate_limit_retry_after=args.rate_limit_retry_after,
         refund_on_cancel=args.refund_on_cancel,
-        honour_idempotency=not args.ignore_idempotency,
+        honour_idempotency_key=args.honour_idempotency_key and not args.ignore_idempotency,
+        kind_cancel_claimed=args.kind_cancel_claimed,
+        kind_timeout_response_data=args.kind_timeout_response_data,
         latency_ms=args.latency_ms,
         latency_max_ms=args.latency_max_ms,
         error_rate=args.error_rate,
@@ -241,6 +271,7 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
         reject_msg=args.reject_msg,
         ambiguous_marker=args.ambiguous_marker,
         ambiguous_rate=args.ambiguous_rate,
+        ambiguous_answer=args.ambiguous_answer,
         seed=args.seed,
         auto_review=args.auto_review,
         review_delay_min_ms=args.review_delay_min_ms,

@@ -9,8 +9,12 @@ A batch is one fetch. Every record gets exactly one outcome:
 
 A partition commits only up to its first deferred record; it then seeks back there and pauses
 until HITL can be asked again. Creates that succeeded *after* a gap still write their
-``hitl.requests`` row (so the request is never orphaned) but not their offset: the retry
-re-sends the same ``Idempotency-Key`` and gets the same request back.
+``hitl.requests`` row (so the request is never orphaned) but not their offset: when they come
+again, ``recovery`` hands back the request already created, without an API call.
+
+Before any create leaves, the batch's journal entries are written (``journal``) and records
+that may exist on HITL.sh already are looked up (``recovery``): an event gets at most one
+request whatever process dies when, against HITL.sh as documented (no idempotency key).
 
 This module performs HTTP calls through the client but no Kafka I/O.
 """
@@ -18,14 +22,15 @@ This module performs HTTP calls through the client but no Kafka I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from connector.config import Settings
-from connector.errors import HitlPermanentError, HitlRetriableError
+from connector.errors import HitlAmbiguousError, HitlPermanentError, HitlRetriableError
 from connector.records import (
     H_TRACEPARENT,
     REASON_HITL_REJECTED,
@@ -43,6 +48,8 @@ from connector.records import (
 )
 from connector.response_types import sent_options
 from connector.submitter.events import ContentEvent, InvalidEvent, parse_event
+from connector.submitter.journal import JournalEntry
+from connector.submitter.recovery import Adopted, Recovery, Sought
 from connector.submitter.routing import choose_loop, decide_by_policy
 from connector.submitter.translate import build_create_body, response_config
 
@@ -63,6 +70,10 @@ class CreateClient(Protocol):
         idempotency_key: str,
         deadline: float | None = None,
     ) -> Created: ...
+
+
+class JournalWriter(Protocol):
+    async def record(self, entries: Iterable[JournalEntry]) -> None: ...
 
 
 class InputRecord(Protocol):
@@ -115,6 +126,7 @@ class _Pending:
     loop_id: str
     body: dict[str, Any]
     truncated: bool
+    sought: Sought
 
 
 class BatchProcessor:
@@ -128,9 +140,23 @@ class BatchProcessor:
         callback_url_for: Callable[[str], str | None] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        recovery: Recovery | None = None,
+        journal: JournalWriter | None = None,
     ) -> None:
         self._s = settings
         self._client = client
+        lookups = client if hasattr(client, "list_loop_requests") else None
+        self.recovery = recovery or Recovery(
+            lookups,  # type: ignore[arg-type]
+            settings.kafka.group_id,
+            skew_seconds=settings.batch.lookup_skew_seconds,
+            clock=clock,
+            default_loop=settings.loops.default,
+        )
+        self._journal = journal
+        # The journal write for the next batch's likely offsets, started when the previous
+        # batch ended: usually acknowledged before the next creates are ready to leave.
+        self._ahead: asyncio.Future[None] | None = None
         self._callback_url_for = callback_url_for or (lambda _event_id: None)
         self._clock = clock
         self._monotonic = monotonic
@@ -226,7 +252,14 @@ class BatchProcessor:
             platform_version=self._s.hitl.platform_version,
             response_cfg=self._response_config,
         )
-        return _Pending(rec, source, event, loop_id, built.body, built.truncated)
+        coord = (rec.topic, rec.partition)
+        ts = rec.timestamp if isinstance(rec.timestamp, int) else -1
+        sought = Sought(coord, rec.offset, loop_id, self.recovery.ident(coord, rec.offset, ts))
+        # The identity a lookup matches on, scoped to this deployment and source record.
+        built.body["context"]["connector"].update(
+            group=self.recovery.group, timestamp=ts, ident=sought.ident
+        )
+        return _Pending(rec, source, event, loop_id, built.body, built.truncated, sought)
 
     async def _create(
         self, part: Any, p: _Pending, blocked: dict[Any, float | None], deadline: float
@@ -235,11 +268,16 @@ class BatchProcessor:
             return Outcome("deferred", retry_after=blocked[part])
         try:
             created = await self._client.create_request(
-                p.loop_id, p.body, idempotency_key=p.event.event_id, deadline=deadline
+                p.loop_id, p.body, idempotency_key=p.sought.ident, deadline=deadline
             )
         except HitlPermanentError as exc:
             detail = f"HITL {exc.status}: {exc.msg or exc}"
             return self._dlq(p.record, p.source, REASON_HITL_REJECTED, detail, p.event.event_id)
+        except HitlAmbiguousError as exc:
+            # It may exist now: it is looked up, never sent again blindly, when it comes back.
+            self.recovery.ambiguous(p.sought)
+            blocked.setdefault(part, exc.retry_after)
+            return Outcome("deferred", retry_after=exc.retry_after)
         except HitlRetriableError as exc:
             blocked.setdefault(part, exc.retry_after)
             return Outcome("deferred", retry_after=exc.retry_after)
@@ -248,8 +286,13 @@ class BatchProcessor:
                 "HITL request created",
                 extra={"event_id": p.event.event_id, "request_id": created.request_id},
             )
+        adopted = Adopted(created.request_id, created.timeout_at)
+        self.recovery.created(p.sought, adopted)
+        return self._created(p, adopted)
+
+    def _created(self, p: _Pending, adopted: Adopted) -> Outcome:
         entry = RequestEntry(
-            request_id=created.request_id,
+            request_id=adopted.request_id,
             event_id=p.event.event_id,
             key=p.record.key,
             loop_id=p.loop_id,
@@ -257,12 +300,94 @@ class BatchProcessor:
             response_type=self._s.review.response_type,
             options=self._options,
             default_response=self._s.review.default_response,
-            timeout_at=created.timeout_at,
+            timeout_at=adopted.timeout_at,
             submitted_at=iso_now(self._clock()),
             traceparent=_text(find_header(p.record.headers, H_TRACEPARENT)),
             callback_token="callback_url" in p.body,
         )
         return Outcome("created", [entry.to_record(self._s.topics.requests)], truncated=p.truncated)
+
+    async def _prepare(
+        self,
+        pending: list[tuple[Any, int, _Pending]],
+        results: dict[tuple[Any, int], Outcome],
+        deadline: float,
+    ) -> list[tuple[Any, int, _Pending]]:
+        """Adopt what exists already, journal the rest; returns what is left to create."""
+        try:
+            adopted = await self.recovery.resolve([p.sought for _, _, p in pending], deadline)
+        except HitlRetriableError as exc:
+            log.warning("lookup of possibly created records failed (%s); deferring them", exc)
+            for tp, i, _ in pending:
+                results[(tp, i)] = Outcome("deferred", retry_after=exc.retry_after)
+            return []
+        todo = []
+        for tp, i, p in pending:
+            found = adopted.get(p.sought.ident)
+            if found is None:
+                todo.append((tp, i, p))
+            else:
+                results[(tp, i)] = self._created(p, found)
+        ranges: dict[tuple[str, int], tuple[int, int]] = {}
+        for _, _, p in todo:
+            first, end = ranges.get(p.sought.coord, (p.sought.offset, p.sought.offset + 1))
+            ranges[p.sought.coord] = (min(first, p.sought.offset), max(end, p.sought.offset + 1))
+        try:
+            await self._journaled(ranges)
+        except Exception as exc:  # noqa: BLE001 - any Kafka failure: nothing may leave
+            log.warning("submit journal not written (%s); deferring the creates", exc)
+            for tp, i, _ in todo:
+                results[(tp, i)] = Outcome("deferred", retry_after=1.0)
+            return []
+        return todo
+
+    async def _journaled(self, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Return once ``ranges`` are in an acknowledged journal record; raises if not."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            try:
+                await ahead  # bounded: Journal.record times out
+            except Exception as exc:  # noqa: BLE001 - written again below
+                log.info("journal write ahead failed (%s); writing again", exc)
+            else:
+                if self.recovery.covers(ranges):
+                    return
+        entries = self.recovery.journal_entries(ranges)
+        if self._journal is not None and entries:
+            await self._journal.record(entries)
+
+    async def release(self, coords: set[tuple[str, int]]) -> None:
+        """Partitions leave (revoked, or a clean stop) with nothing in flight: write their
+        journal records with every span settled, so their next owner searches nothing."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            with contextlib.suppress(Exception):
+                await ahead
+        self.recovery.settle_all()
+        entries = self.recovery.entries_for(coords)
+        try:
+            if self._journal is not None and entries:
+                await self._journal.record(entries)
+        except Exception as exc:  # noqa: BLE001 - the next owner then searches; no harm
+            log.info("submit journal not updated on release (%s)", exc)
+        self.recovery.forget(coords)
+
+    def _write_ahead(
+        self, batch: dict[Any, list[InputRecord]], plans: dict[Any, PartitionPlan]
+    ) -> None:
+        """This batch's creates are over; journal where the next batch will likely start."""
+        self.recovery.settle_all()
+        if self._journal is None:
+            return
+        size = self._s.batch.max_records
+        ranges: dict[tuple[str, int], tuple[int, int]] = {}
+        for tp, records in batch.items():
+            plan = plans[tp]
+            start = plan.seek_to if plan.seek_to is not None else records[-1].offset + 1
+            ranges[(records[0].topic, records[0].partition)] = (start, start + size)
+        entries = self.recovery.journal_entries(ranges)
+        ahead = self._ahead = asyncio.ensure_future(self._journal.record(entries))
+        ahead.add_done_callback(_retrieve)
 
     async def process(
         self, batch: dict[Any, list[InputRecord]], stats: BatchStats
@@ -279,6 +404,8 @@ class BatchProcessor:
         ]
         results: dict[tuple[Any, int], Outcome] = {}
         if pending:
+            pending = await self._prepare(pending, results, deadline)
+        if pending:
             await self._create_all(pending, results, blocked, deadline)
         plans: dict[Any, PartitionPlan] = {}
         for tp, outcomes in classified.items():
@@ -286,6 +413,7 @@ class BatchProcessor:
                 results[(tp, i)] if isinstance(o, _Pending) else o for i, o in enumerate(outcomes)
             ]
             plans[tp] = self._plan(batch[tp], final, stats)
+        self._write_ahead(batch, plans)
         return plans
 
     async def _create_all(
@@ -333,8 +461,8 @@ class BatchProcessor:
                     gap, retry_after = rec.offset, out.retry_after
                 continue
             if gap is not None:
-                # Past the gap: keep created requests (idempotent on retry), drop the rest;
-                # those records are processed again after the seek.
+                # Past the gap: keep created requests (adopted, not recreated, when they come
+                # again), drop the rest; those records are processed again after the seek.
                 if out.kind == "created":
                     outputs.extend(out.records)
                 continue
@@ -351,6 +479,12 @@ class BatchProcessor:
             elif out.kind == "dlq" and out.reason:
                 stats.dlq[out.reason] = stats.dlq.get(out.reason, 0) + 1
         return PartitionPlan(commit, gap, retry_after, outputs)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a write-ahead's failure as seen: the next batch writes again and logs it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _text(raw: bytes | None) -> str | None:

@@ -50,6 +50,7 @@ def run_settings(
             "requests": f"req-{run}",
             "callbacks": f"cb-{run}",
             "unmatched": f"unm-{run}",
+            "journal": f"jrn-{run}",
             "escalations": f"esc-{run}",
             "partitions": 3,
             "internal_partitions": 3,
@@ -197,6 +198,29 @@ async def wait_until(
         if time.monotonic() - start > timeout:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
         await asyncio.sleep(interval)
+
+
+def event_of(request: dict[str, Any]) -> str:
+    """The event id the connector put into a sandbox request's ``context.connector``."""
+    conn = (request.get("context") or {}).get("connector") or {}
+    return str(conn.get("event_id", request.get("idempotency_key")))
+
+
+def source_of(request: dict[str, Any]) -> tuple[str, int, int] | None:
+    """The source record (topic, partition, offset) a sandbox request was created for."""
+    conn = (request.get("context") or {}).get("connector") or {}
+    try:
+        return str(conn["topic"]), int(conn["partition"]), int(conn["offset"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+LOOKUP = "GET /loops/{id}/requests"
+
+
+def lookup_calls(stats: dict[str, Any]) -> int:
+    """API calls the connector spent looking requests up (``GET loops/{id}/requests``)."""
+    return sum((stats.get("api_calls") or {}).get(LOOKUP, {}).values())
 
 
 def sandbox_get(url: str, path: str, **params: Any) -> Any:

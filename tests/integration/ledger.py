@@ -8,9 +8,11 @@ sandbox's requests, and counts:
 - ``decisions_out``        records on the output topic;
 - ``dlq``                  records on the DLQ topic;
 - ``lost``                 input records with neither a HITL request (a sandbox request whose
-                           ``idempotency_key`` is the event id, or a ``hitl.requests`` row),
-                           nor a decision record, nor a DLQ record;
-- ``duplicate_requests``   sandbox requests beyond the first per idempotency key;
+                           ``context.connector`` names the record or its event id, or a
+                           ``hitl.requests`` row), nor a decision record, nor a DLQ record;
+- ``duplicate_requests``   sandbox requests beyond the first per source record (the
+                           ``context.connector`` coordinates: the ``Idempotency-Key`` proves
+                           nothing against a service that ignores it);
 - ``duplicate_decisions``  decision records beyond the first per request id (per event id for
                            policy decisions, which have no request);
 - ``undecided``            input records that reached neither a decision nor the DLQ (yet).
@@ -32,7 +34,7 @@ import orjson
 from connector.config import Settings
 from connector.records import SourceRef
 from connector.submitter.events import InvalidEvent, parse_event
-from tests.integration.harness import header, read_all, sandbox_get
+from tests.integration.harness import event_of, header, read_all, sandbox_get, source_of
 
 Coord = tuple[int, int]  # (partition, offset) on the input topic
 
@@ -142,8 +144,11 @@ async def ledger(
                 requested_at.add(coord)
             if isinstance(row.get("event_id"), str):
                 requested_events.add(row["event_id"])
-    keys = collections.Counter(str(r.get("idempotency_key")) for r in requests)
-    requested_events |= set(keys)
+    # One request per source record: counted by the source the connector put into each
+    # request's context (not by Idempotency-Key, which HITL.sh as documented ignores).
+    keys = collections.Counter(source_of(r) or event_of(r) for r in requests)
+    requested_events |= {event_of(r) for r in requests}
+    requested_at |= {(s[1], s[2]) for r in requests if (s := source_of(r)) and s[0] == topics.input}
 
     lost: list[str] = []
     undecided = 0

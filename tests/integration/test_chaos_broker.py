@@ -31,7 +31,9 @@ from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     counted,
     decision_settings,
+    event_of,
     free_port,
+    lookup_calls,
     offsets,
     produce,
     read_all,
@@ -199,9 +201,12 @@ async def _broker_fault_mid_stream(
             gateway = webhook_outcomes(app)
         finally:
             await app.stop()
-        webhooks = sandbox_get(sandbox.url, "/sandbox/stats")["webhooks"]
+        stats = sandbox_get(sandbox.url, "/sandbox/stats")
+        webhooks = stats["webhooks"]
         print(
             f"\n{name}: fault={fault} outage_s={back - faulted:.1f} "
+            f"extra_api_calls={lookup_calls(stats)} idempotent_replays="
+            f"{stats['idempotent_replays']} "
             f"submitted_before={submitted_before} decided_before={before} "
             f"recovery_s={recovery:.1f} roles_alive={alive} readyz_after_s={readyz:.1f} "
             f"aborted_transactions={aborts} committed_transactions={commits} "
@@ -462,7 +467,7 @@ async def test_commit_never_passes_an_uncreated_record_with_out_of_order_creates
                 # was read is in the request list read after it.
                 committed = await sampler.committed()
                 requests = await asyncio.to_thread(sandbox_get, sandbox.url, "/sandbox/requests")
-                created = {r["idempotency_key"] for r in requests["requests"]}
+                created = {event_of(r) for r in requests["requests"]}
                 samples += 1
                 for partition, upto in committed.items():
                     commits_seen.add((partition, upto))
@@ -485,7 +490,7 @@ async def test_commit_never_passes_an_uncreated_record_with_out_of_order_creates
         last: dict[int, int] = {}
         overtaken = 0
         for r in requests:
-            partition, offset = where[r["idempotency_key"]]
+            partition, offset = where[event_of(r)]
             if offset < last.get(partition, -1):
                 overtaken += 1
             last[partition] = max(offset, last.get(partition, -1))

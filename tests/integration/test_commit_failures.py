@@ -4,7 +4,8 @@ Real broker, sandbox and gateway; the connector in-process with every role. Some
 role's transactions are made to fail for real: their records are produced inside the
 transaction, which is then aborted on the broker, as when a broker goes away between produce
 and commit. Every batch not committed (the failed one and those staged after it) must be
-processed again: still exactly one request and one decision per event.
+processed again: still exactly one request and one decision per event, against the faithful
+sandbox (no Idempotency-Key), and without a lookup: the process knows what it created.
 """
 
 from __future__ import annotations
@@ -57,12 +58,20 @@ async def test_aborted_transactions_rewind_every_uncommitted_batch(
         settings = decision_settings(kafka_bootstrap, sandbox.url, batch={"max_records": 20})
         app = await connector_apps(settings, "all")
         figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 600)
+        assert app.submitter is not None
+        reused = app.submitter.recovery.stats.reused
     group = settings.kafka.group_id
-    print(f"\ncommit-failures: aborted={dict(aborted)} calls={dict(calls)} {figures}")
+    print(
+        f"\ncommit-failures: aborted={dict(aborted)} calls={dict(calls)} "
+        f"duplicate_requests={figures['duplicate_requests']} "
+        f"extra_api_calls={figures['lookup_calls']} reused_without_a_call={reused} {figures}"
+    )
     # Both roles went through failed transactions and still gave one decision per event.
     assert aborted[group] == len(FAIL_AT)
     assert aborted[f"{group}-resolver"] == len(FAIL_AT)
-    assert figures["decisions"] == 600
+    assert figures["decisions"] == 600 and figures["duplicate_requests"] == 0
+    # The rewound batches' requests were known in memory: adopted without a single lookup.
+    assert reused > 0 and figures["lookup_calls"] == 0
 
 
 async def test_fenced_producers_are_replaced_and_nothing_is_lost(
@@ -93,6 +102,11 @@ async def test_fenced_producers_are_replaced_and_nothing_is_lost(
         figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 600)
         await fencer
         renewals = {name: role.checkpoint.renewals for name, role in roles.items()}
-    print(f"\nfenced: renewals={renewals} {figures}")
+        reused = app.submitter.recovery.stats.reused
+    print(
+        f"\nfenced: renewals={renewals} duplicate_requests={figures['duplicate_requests']} "
+        f"extra_api_calls={figures['lookup_calls']} reused_without_a_call={reused} {figures}"
+    )
     assert all(n >= 1 for n in renewals.values()), renewals
-    assert figures["decisions"] == 600
+    assert figures["decisions"] == 600 and figures["duplicate_requests"] == 0
+    assert figures["lookup_calls"] == 0

@@ -34,6 +34,7 @@ from connector.sandbox import SandboxServer
 from tests.integration.harness import (
     API_KEY,
     decision_settings,
+    event_of,
     free_port,
     produce,
     read_all,
@@ -54,7 +55,7 @@ async def decisions_of(settings: Settings) -> list[dict[str, Any]]:
 
 def exactly_once(decisions: list[dict[str, Any]], requests: list[dict[str, Any]]) -> dict[str, int]:
     per_request = collections.Counter(d["request_id"] for d in decisions)
-    keys = [r["idempotency_key"] for r in requests]
+    keys = [event_of(r) for r in requests]
     return {
         "requests": len(requests),
         "duplicate_requests": len(keys) - len(set(keys)),
@@ -274,7 +275,7 @@ async def test_claims_and_escalations_reach_the_escalations_topic(kafka_bootstra
             exactly_once_ledger(ledger_figures, 20)
             assert kinds["request.escalated"] >= 15 and kinds["request.claimed"] >= 15
             assert {e["event_id"] for e in escalations} <= {f"esc-{i}" for i in range(20)} | {
-                r["idempotency_key"] for r in requests
+                event_of(r) for r in requests
             }
             assert figures["decided_twice"] == 0 and figures["undecided"] == 0
         finally:

@@ -21,10 +21,13 @@ from tests.integration.harness import (
     WEBHOOK_SECRET,
     counted,
     decision_settings,
+    event_of,
+    lookup_calls,
     offsets,
     produce,
     read_all,
     sandbox_get,
+    source_of,
     wait_until,
     webhook_ack_quantile,
     webhook_outcomes,
@@ -92,7 +95,7 @@ async def run_and_check(
     assert len(source_offsets) == n
     for d in decisions:
         req = requests[d["request_id"]]
-        assert d["event_id"] == req["idempotency_key"]
+        assert d["event_id"] == event_of(req)
         assert d["status"] == req["status"]
         if d["status"] == "completed":
             assert d["decided_by"] == "human"
@@ -105,6 +108,8 @@ async def run_and_check(
         "seconds": took,
         "api_calls": stats["api_calls_total"],
         "api_calls_per_decision": stats["api_calls_total"] / n,
+        "duplicate_requests": len(requests) - len({source_of(r) for r in requests.values()}),
+        "lookup_calls": lookup_calls(stats),
         "via": collections.Counter(d["via"] for d in decisions),
         "e2e_p50": statistics.median(e2e) if e2e else None,
         "webhooks": stats.get("webhooks"),

@@ -29,6 +29,7 @@ from tests.conftest import KafkaTls
 from tests.integration.harness import (
     API_KEY,
     decision_settings,
+    event_of,
     free_port,
     offsets,
     produce,
@@ -171,9 +172,7 @@ async def test_submit_path_over_a_secured_listener(
     assert figures.duplicate_requests == 0 and figures.dlq == 0
     assert figures.undecided == n, "submitter only: every event waits for a human"
     assert len(requests) == n
-    assert {r["idempotency_key"] for r in requests} == {
-        f"{plain.kafka.group_id}-{i}" for i in range(n)
-    }
+    assert {event_of(r) for r in requests} == {f"{plain.kafka.group_id}-{i}" for i in range(n)}
     table = await read_all(kafka_bootstrap, plain.topics.requests)
     assert len(table) == n, "every request row was written through the secured producer"
 

@@ -228,6 +228,73 @@ def test_cancel_only_pending(client: httpx.Client) -> None:
     assert got["status"] == "cancelled"
 
 
+def _claimed(client: httpx.Client, admin: httpx.Client) -> str:
+    configure(
+        admin, auto_review=True, claim_events=True, review_delay_min_ms=600, review_delay_max_ms=600
+    )
+    request_id = create(client)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        got = client.get(f"{G2}/requests/{request_id}").json()["data"]["request"]
+        if got["status"] == "claimed":
+            return request_id
+        time.sleep(0.02)
+    raise AssertionError("the request was never claimed")
+
+
+def test_claimed_requests_cannot_be_cancelled_as_documented(
+    client: httpx.Client, admin: httpx.Client
+) -> None:
+    refused = client.delete(f"{G2}/requests/{_claimed(client, admin)}")
+    assert refused.status_code == 400
+    assert refused.json()["msg"] == "Request cannot be cancelled in current state"
+
+
+def test_kind_cancel_claimed_option_allows_the_g1_behaviour(
+    client: httpx.Client, admin: httpx.Client
+) -> None:
+    request_id = _claimed(client, admin)
+    configure(admin, kind_cancel_claimed=True)
+    done = client.delete(f"{G2}/requests/{request_id}")
+    assert done.status_code == 200 and done.json()["data"]["previous_status"] == "claimed"
+
+
+LIST_ITEM_FIELDS = {
+    "id",
+    "loop_id",
+    "processing_type",
+    "type",
+    "priority",
+    "request_text",
+    "response_type",
+    "status",
+    "response_data",
+    "response_by",
+    "response_at",
+    "response_time_seconds",
+    "timeout_at",
+    "created_at",
+    "updated_at",
+}
+
+
+def test_list_endpoints_return_exactly_the_documented_fields(client: httpx.Client) -> None:
+    request_id = create(client, context={"connector": {"ident": "abc"}})
+    items = client.get(f"{G2}/requests").json()["data"]["requests"]
+    assert [set(item) for item in items] == [LIST_ITEM_FIELDS]  # no context (hitl-api §2.4)
+    page = client.get(f"{G2}/loops/{LOOP}/requests").json()["data"]
+    assert set(page) == {"loop_id", "requests", "count"}
+    (whole,) = page["requests"]  # whole Request objects (§2.5), as GET requests/{id}
+    assert whole == client.get(f"{G2}/requests/{request_id}").json()["data"]["request"]
+    assert whole["context"] == {"connector": {"ident": "abc"}}
+    newer = create(client)
+    paged = client.get(f"{G2}/loops/{LOOP}/requests", params={"limit": 1, "offset": 1}).json()
+    assert [r["id"] for r in paged["data"]["requests"]] == [request_id]  # newest first
+    first = client.get(f"{G2}/loops/{LOOP}/requests", params={"limit": 1}).json()["data"]
+    assert [r["id"] for r in first["requests"]] == [newer] and first["count"] == 1
+    assert client.get(f"{G2}/loops/{LOOP}/requests", params={"limit": 101}).status_code == 400
+
+
 def test_keys_see_only_their_own_requests(server: SandboxServer, client: httpx.Client) -> None:
     mine = create(client)
     with api(server, "key-b") as other:
@@ -252,9 +319,21 @@ def test_keys_see_only_their_own_requests(server: SandboxServer, client: httpx.C
 # ---- idempotency ----------------------------------------------------------------------------
 
 
-def test_idempotency_key_replays_the_original_response(
+def test_idempotency_key_is_ignored_by_default_as_documented(
+    client: httpx.Client, admin: httpx.Client
+) -> None:
+    url = f"{G2}/loops/{LOOP}/requests"
+    headers = {"Idempotency-Key": "same"}
+    ids = {client.post(url, json=create_body(), headers=headers).json()["data"]["request_id"]}
+    ids.add(client.post(url, json=create_body(), headers=headers).json()["data"]["request_id"])
+    assert len(ids) == 2
+    assert admin.get("/sandbox/stats").json()["idempotent_replays"] == 0
+
+
+def test_honour_idempotency_key_option_replays_the_original_response(
     server: SandboxServer, client: httpx.Client, admin: httpx.Client
 ) -> None:
+    configure(admin, honour_idempotency_key=True)
     url = f"{G2}/loops/{LOOP}/requests"
     headers = {"Idempotency-Key": "event-42"}
     first = client.post(url, json=create_body(), headers=headers)
@@ -267,16 +346,6 @@ def test_idempotency_key_replays_the_original_response(
     assert (stats["creates"], stats["idempotent_replays"]) == (2, 1)
     stored = admin.get("/sandbox/requests").json()["requests"]
     assert [r["idempotency_key"] for r in stored] == ["event-42", "event-42"]
-
-
-def test_idempotency_can_be_ignored(client: httpx.Client, admin: httpx.Client) -> None:
-    configure(admin, honour_idempotency=False)
-    url = f"{G2}/loops/{LOOP}/requests"
-    headers = {"Idempotency-Key": "same"}
-    ids = {client.post(url, json=create_body(), headers=headers).json()["data"]["request_id"]}
-    ids.add(client.post(url, json=create_body(), headers=headers).json()["data"]["request_id"])
-    assert len(ids) == 2
-    assert admin.get("/sandbox/stats").json()["idempotent_replays"] == 0
 
 
 # ---- rate limiting --------------------------------------------------------------------------
@@ -387,13 +456,14 @@ def test_reject_rule_fails_only_marked_events(client: httpx.Client, admin: httpx
 def test_ambiguous_success_stores_then_drops_and_replay_recovers(
     client: httpx.Client, admin: httpx.Client
 ) -> None:
-    configure(admin, ambiguous_marker="FLAKY")
+    configure(admin, ambiguous_marker="FLAKY", honour_idempotency_key=True)
     url = f"{G2}/loops/{LOOP}/requests"
     headers = {"Idempotency-Key": "evt-1"}
     with pytest.raises(httpx.RemoteProtocolError):
         client.post(url, json=create_body(request_text="FLAKY one"), headers=headers)
     stored = admin.get("/sandbox/requests").json()["requests"]
     assert len(stored) == 1
+    # Only a service that honours the key (an option here; HITL.sh documents none) replays.
     retry = client.post(url, json=create_body(request_text="FLAKY one"), headers=headers)
     assert retry.status_code == 201
     assert retry.json()["data"]["request_id"] == stored[0]["id"]

@@ -353,7 +353,7 @@ def test_unreachable_endpoint_is_retried_8_times_then_given_up(
 # ---- lifecycle ---------------------------------------------------------------------------------
 
 
-def test_timeout_applies_default_response(
+def test_timeout_carries_null_answer_fields_as_documented(
     client: httpx.Client, admin: httpx.Client, receiver: Receiver
 ) -> None:
     configure(admin, timeout_scale=0.001)  # 600 s → 0.6 s
@@ -363,7 +363,25 @@ def test_timeout_applies_default_response(
     assert body["event"] == "request.timeout"
     request = body["data"]["request"]
     assert request["status"] == "timeout" and request["previous_status"] == "pending"
-    assert request["default_response"] == "rejected" and request["response_data"] == "rejected"
+    assert request["default_response"] == "rejected" and request["response_data"] is None
+    assert request["response_by"] is None and request["response_time_seconds"] is None
+    got = client.get(f"{G2}/requests/{request_id}").json()["data"]["request"]
+    assert (got["status"], got["response_data"], got["response_by"], got["response_at"]) == (
+        "timeout",
+        None,
+        None,
+        None,
+    )
+    assert stats(admin)["timeouts"] == 1
+
+
+def test_kind_timeout_option_fills_in_the_default_response(
+    client: httpx.Client, admin: httpx.Client, receiver: Receiver
+) -> None:
+    configure(admin, timeout_scale=0.001, kind_timeout_response_data=True)
+    request_id = create(client, callback_url=receiver.url("/cb"), timeout_seconds=600)
+    (hit,) = wait_until(lambda: receiver.at("/cb"), what="the timeout callback")
+    assert hit.json["data"]["request"]["response_data"] == "rejected"
     got = client.get(f"{G2}/requests/{request_id}").json()["data"]["request"]
     assert (got["status"], got["response_data"], got["response_by"]) == (
         "timeout",
@@ -635,3 +653,21 @@ def test_stop_is_prompt_with_retries_pending(receiver: Receiver) -> None:
     server.stop()
     assert time.monotonic() - started < 5
     assert thread is not None and not thread.is_alive()
+
+
+def test_cli_defaults_are_the_documented_behaviour_and_kind_options_are_named() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    faithful = options_from_args(parser.parse_args([]))
+    assert not faithful.honour_idempotency_key
+    assert not faithful.kind_cancel_claimed and not faithful.kind_timeout_response_data
+    assert faithful.webhook_secret is None  # callback_url deliveries unsigned, as documented
+    kind = options_from_args(
+        parser.parse_args(
+            ["--honour-idempotency-key", "--kind-cancel-claimed", "--kind-timeout-response-data"]
+        )
+    )
+    assert kind.honour_idempotency_key and kind.kind_cancel_claimed
+    assert kind.kind_timeout_response_data
+    # The old flag still parses; ignoring the key is the default now.
+    assert not options_from_args(parser.parse_args(["--ignore-idempotency"])).honour_idempotency_key

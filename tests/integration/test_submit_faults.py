@@ -1,4 +1,4 @@
-"""Submit path under faults: outage with Retry-After, 429 with a reset, pacing, SIGKILL.
+"""Submit path under faults: outage with Retry-After, 429 with a reset, pacing, 3 SIGKILLs.
 
 Real broker, real sandbox over HTTP. Figures are printed for the closing note.
 """
@@ -25,6 +25,8 @@ from connector.kafka.admin import ensure_topics
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     API_KEY,
+    event_of,
+    lookup_calls,
     offsets,
     produce,
     run_settings,
@@ -94,9 +96,7 @@ async def test_outage_with_retry_after_pauses_partitions_and_loses_nothing(
             for c in calls
             if f["ts"] + 0.1 < c["ts"] < f["ts"] + retry_after - 0.05
         ]
-        keys = [
-            r["idempotency_key"] for r in sandbox_get(sandbox.url, "/sandbox/requests")["requests"]
-        ]
+        keys = [event_of(r) for r in sandbox_get(sandbox.url, "/sandbox/requests")["requests"]]
         print(
             f"\noutage: 503s={len(failed)} calls_during_outage="
             f"{sum(1 for c in calls if outage_start <= c['ts'] < outage_start + 20)} "
@@ -205,10 +205,13 @@ def _connector_proc(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def test_sigkill_mid_stream_then_restart_loses_nothing(
+async def test_three_sigkills_during_creates_ask_nobody_twice(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    options = SandboxOptions(preset_loops=(LOOP,), latency_ms=5, latency_max_ms=40)
+    """The submitter process is SIGKILLed three times while it creates, against the sandbox
+    as documented (Idempotency-Key ignored). The journal and the lookups must leave exactly
+    one request per event, and spend at most ceil(in flight / 100) + 1 calls per crash."""
+    options = SandboxOptions(preset_loops=(LOOP,), latency_ms=10, latency_max_ms=60)
     with SandboxServer(options) as sandbox:
         settings = run_settings(kafka_bootstrap, sandbox.url, batch={"max_records": 100})
         cfg = tmp_path / "connector.yaml"
@@ -216,27 +219,28 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
             mode="json", exclude={"hitl": {"api_key"}, "gateway": {"secrets"}}
         )
         cfg.write_text(yaml.safe_dump(data))
-        n = 1500
+        n, kills = 3000, 3
         await ensure_topics(settings, create=True)
         await produce(kafka_bootstrap, settings.topics.input, events(n, "kill"))
         log = tmp_path / "connector.log"
+        in_flight: list[int] = []
         proc = _connector_proc(cfg, log)
         try:
+            for k in range(1, kills + 1):
+                target = k * n // (kills + 1)
 
-            async def some_progress() -> bool:
+                async def creating(target: int = target) -> bool:
+                    return bool(sandbox_get(sandbox.url, "/sandbox/stats")["creates"] >= target)
+
+                await wait_until(creating, timeout=90, interval=0.02, what=f"kill {k}")
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
+                created = sandbox_get(sandbox.url, "/sandbox/stats")["creates"]
                 snap = await offsets(
                     kafka_bootstrap, settings.kafka.group_id, settings.topics.input
                 )
-                return snap.total_committed >= n // 4
-
-            await wait_until(some_progress, timeout=60, what="progress before the kill")
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-            before = (
-                await offsets(kafka_bootstrap, settings.kafka.group_id, settings.topics.input)
-            ).total_committed
-            created_before = sandbox_get(sandbox.url, "/sandbox/stats")["creates"]
-            proc = _connector_proc(cfg, log)
+                in_flight.append(max(0, created - snap.total_committed))
+                proc = _connector_proc(cfg, log)
             took = await wait_until(lambda: all_done(settings), timeout=120, what="recovery")
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -245,25 +249,28 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
             except subprocess.TimeoutExpired:
                 proc.kill()
         stats = sandbox_get(sandbox.url, "/sandbox/stats")
-        keys = [
-            r["idempotency_key"] for r in sandbox_get(sandbox.url, "/sandbox/requests")["requests"]
-        ]
-        print(
-            f"\nsigkill: events={n} committed_at_kill={before} created_at_kill={created_before} "
-            f"requests={len(keys)} lost={n - len(set(keys))} duplicate_requests="
-            f"{len(keys) - len(set(keys))} duplicate_creates_absorbed_by_idempotency="
-            f"{stats['idempotent_replays']} recovery={took:.1f}s"
-        )
+        requests = sandbox_get(sandbox.url, "/sandbox/requests")["requests"]
+        snap = await offsets(kafka_bootstrap, settings.kafka.group_id, settings.topics.input)
+        extra = lookup_calls(stats)
+        bound = sum(math.ceil(f / 100) + 1 for f in in_flight)
         figures = await ledger(settings, sandbox.url, recovery_s=took)
+        print(
+            f"\nsigkill x{kills}: events={n} requests={len(requests)} in_flight_at_kills="
+            f"{in_flight} duplicate_requests={figures.duplicate_requests} "
+            f"events_without_a_request={figures.lost} committed={snap.total_committed}/"
+            f"{snap.total_end} extra_api_calls={extra} (bound {bound}: ceil(in flight/100)+1 "
+            f"per crash) idempotent_replays={stats['idempotent_replays']}"
+        )
         print(f"sigkill ledger: {figures.line()}")
         assert proc.returncode == 0, log.read_text()[-3000:]
+        assert stats["idempotent_replays"] == 0, "the sandbox must ignore Idempotency-Key"
         assert figures.events_in == n and figures.lost == 0 and figures.requests == n
         assert figures.duplicate_requests == 0, "duplicate HITL requests"
+        assert snap.done and snap.total_committed == n
+        assert extra <= bound, (extra, in_flight)
+        assert sum(in_flight) > 0, "no kill landed while requests were in flight"
         text = log.read_text()
         assert API_KEY not in text, "the API key reached the log"
         lines = [orjson.loads(line) for line in text.splitlines() if line.strip()]
         assert any(line.get("msg", "").startswith("submitter stopped") for line in lines)
-        assert len(set(keys)) == n, "lost events"
-        assert len(keys) == n, "duplicate HITL requests"
-        # Replays are bounded by what one batch can have in flight past its commit.
-        assert stats["idempotent_replays"] <= settings.batch.max_records
+        assert any("looked up before they are created" in line.get("msg", "") for line in lines)

@@ -19,6 +19,7 @@ from connector.app import ConnectorApp
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     counted,
+    event_of,
     offsets,
     produce,
     read_all,
@@ -114,7 +115,7 @@ async def test_2000_events_each_end_in_exactly_one_place(
     expected = collections.Counter(c.outcome for c in cases)
 
     requests = sandbox_get(sandbox.url, "/sandbox/requests")["requests"]
-    keys = [r["idempotency_key"] for r in requests]
+    keys = [event_of(r) for r in requests]
     want_created = {c.event_id for c in cases if c.outcome == "created"}
     decisions = await read_all(kafka_bootstrap, settings.topics.output)
     dlq = await read_all(kafka_bootstrap, settings.topics.dlq)

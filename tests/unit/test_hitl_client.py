@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from connector.config import HitlSettings
-from connector.errors import HitlPermanentError, HitlUnavailableError
+from connector.errors import HitlAmbiguousError, HitlPermanentError, HitlUnavailableError
 from connector.hitl.client import HitlClient, build_http
 from connector.hitl.pacing import Clock
 from connector.hitl.retry import RateLimitInfo
@@ -302,8 +302,8 @@ def test_cancel_loops_and_webhooks_paths() -> None:
 # --- retries ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
-def test_retriable_statuses_are_retried_with_the_same_idempotency_key(status: int) -> None:
+@pytest.mark.parametrize("status", [408, 429, 503])
+def test_statuses_that_say_not_processed_are_retried_with_the_same_key(status: int) -> None:
     async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
         assert (await create(client, "key-7")).request_id
 
@@ -314,22 +314,74 @@ def test_retriable_statuses_are_retried_with_the_same_idempotency_key(status: in
     assert {r.headers["idempotency-key"] for _, r in server.calls} == {"key-7"}
 
 
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_a_create_answered_5xx_is_ambiguous_and_never_repeated(status: int) -> None:
+    async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
+        with pytest.raises(HitlAmbiguousError, match="looked up"):
+            await create(client, "key-7")
+
+    server = run_client(body, error(status, "busy"), created())
+    assert len(server.calls) == 1
+
+
+def test_a_refused_create_is_retried() -> None:
+    async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
+        assert (await create(client, "key-9")).request_id
+
+    refused = httpx.ConnectError("connection refused")
+    server = run_client(body, refused, refused, created())
+    assert len(server.calls) == 3
+    assert {r.headers["idempotency-key"] for _, r in server.calls} == {"key-9"}
+
+
 @pytest.mark.parametrize(
     "exc",
     [
-        httpx.ConnectError("connection refused"),
         httpx.ReadTimeout("read timed out"),
         httpx.RemoteProtocolError("connection reset"),
         httpx.ReadError("reset by peer"),
     ],
 )
-def test_transport_errors_are_retried_with_the_same_idempotency_key(exc: Exception) -> None:
+def test_a_create_that_may_have_left_is_ambiguous_and_never_repeated(exc: Exception) -> None:
     async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
-        assert (await create(client, "key-9")).request_id
+        with pytest.raises(HitlAmbiguousError):
+            await create(client, "key-9")
 
-    server = run_client(body, exc, exc, created())
-    assert len(server.calls) == 3
-    assert {r.headers["idempotency-key"] for _, r in server.calls} == {"key-9"}
+    server = run_client(body, exc, created())
+    assert len(server.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "exc", [httpx.ReadTimeout("read timed out"), httpx.RemoteProtocolError("reset")]
+)
+def test_reads_are_retried_after_transport_errors(exc: Exception) -> None:
+    async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
+        assert await client.get_request("r1")
+
+    server = run_client(body, exc, httpx.Response(200, json={"data": {"request": {"id": "r1"}}}))
+    assert len(server.calls) == 2
+
+
+def test_list_loop_requests_pages_newest_first_whatever_order_comes_back() -> None:
+    async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
+        got = await client.list_loop_requests("loop1", offset=100)
+        assert [r["id"] for r in got] == ["b", "a"]
+
+    page = {
+        "data": {
+            "loop_id": "loop1",
+            "requests": [
+                {"id": "a", "created_at": "2026-01-01T00:00:00Z"},
+                {"id": "b", "created_at": "2026-01-01T00:00:01Z"},
+                "not an object",
+            ],
+            "count": 3,
+        }
+    }
+    server = run_client(body, httpx.Response(200, json=page))
+    (call,) = server.calls
+    assert call[1].url.path == "/v1/api/loops/loop1/requests"
+    assert dict(call[1].url.params) == {"limit": "100", "offset": "100", "sort": "created_at_desc"}
 
 
 def test_retry_after_seconds_is_honoured() -> None:
@@ -387,13 +439,13 @@ def test_retries_exhausted_raise_unavailable_with_retry_after() -> None:
     async def body(client: HitlClient, server: Recorder, clock: Clock) -> None:
         with pytest.raises(HitlUnavailableError) as err:
             await create(client)
-        assert err.value.status == 502
+        assert err.value.status == 503
         assert err.value.msg == "bad gateway"
         assert err.value.retry_after is not None and err.value.retry_after >= 0
         assert err.value.retriable
 
     server = run_client(
-        body, error(502, "bad gateway"), max_retries=2, circuit_failure_threshold=50
+        body, error(503, "bad gateway"), max_retries=2, circuit_failure_threshold=50
     )
     assert len(server.calls) == 3
 

@@ -262,7 +262,7 @@ def test_a_kept_raw_delivery_replayed_into_callbacks_is_normalized_again() -> No
     from connector.gateway.app import Unusable
     from connector.gateway.sink import unusable_value
 
-    joiner = Joiner(SETTINGS, table_with(entry("r1", "e1")))
+    joiner = Joiner(SETTINGS.topics, table_with(entry("r1", "e1")))
     body = orjson.dumps({"event": "request.completed", "request_id": "r1", "status": "completed"})
     value = unusable_value(body, Unusable("unknown_status", "x", "callback"), "r1", "e1", 1.0)
     out = joiner.join(0, b"r1", value)
@@ -272,7 +272,7 @@ def test_a_kept_raw_delivery_replayed_into_callbacks_is_normalized_again() -> No
     again = joiner.join(0, None, still_bad)
     assert isinstance(again, list) and dict(again[0].headers)["error.reason"] == b"unreadable"
     other = unusable_value(body, Unusable("unknown_status", "x", "callback"), "r1", "e9", 1.0)
-    joiner2 = Joiner(SETTINGS, table_with(entry("r1", "e1")))
+    joiner2 = Joiner(SETTINGS.topics, table_with(entry("r1", "e1")))
     mismatch = joiner2.join(0, b"r1", other)
     assert (
         isinstance(mismatch, list)
