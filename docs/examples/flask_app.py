@@ -98,9 +98,11 @@ async def submit_for_review(
 ) -> str:
     """Create a review request (the seed's submit_content_for_review); returns its id.
 
-    ``Idempotency-Key: content_id`` makes a retried submit return the same request. In a
-    long-running app, start one ``HitlClient`` at startup and share it (it is pooled, paced
-    to the key's rate limit, and retried).
+    ``Idempotency-Key: content_id`` makes a retried submit return the same request only on
+    a service that honours the key; HITL.sh documents none, so a second submit may be a
+    second request (the connector itself looks requests up instead, see docs/operations.md).
+    In a long-running app, start one ``HitlClient`` at startup and share it (it is pooled,
+    paced to the key's rate limit, and retried).
     """
     settings = settings or HitlSettings(api_key=os.environ["HITL_API_KEY"])
     body: dict[str, Any] = {

@@ -174,6 +174,8 @@ async def test_flask_round_trip_with_the_sandbox(flask_server: tuple[str, Seen])
         answer_mix={"Needs changes": 1.0},
         webhook_secret=SECRET,
         webhook_payload_style="flat",
+        # The example's resubmit relies on the key: only a kinder-than-documented service.
+        honour_idempotency_key=True,
     )
     example = _load("flask_app")
     with SandboxServer(options) as sandbox:
@@ -188,7 +190,7 @@ async def test_flask_round_trip_with_the_sandbox(flask_server: tuple[str, Seen])
         again = await example.submit_for_review(
             "Is this fine?", "c-1", "loop-test", settings=settings
         )
-        assert again == request_id  # Idempotency-Key: the content id
+        assert again == request_id  # Idempotency-Key: the content id (honoured here)
         deadline = time.monotonic() + 15
         while not seen and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
