@@ -70,6 +70,7 @@ soak: venv kafka
 # Every performance scenario of docs/performance.md; writes bench-results/latest.{md,json}.
 # ARGS="--quick" for a fast smoke run, ARGS="--only submit,webhook" for some.
 bench: venv kafka wrk
+	$(VPY) -m pip install --quiet -e '.[dev,bench]' -c requirements.lock
 	$(VPY) -m bench $(ARGS)
 
 # The local stack: broker, sandbox (auto-reviewer), connector (all roles), load generator.

@@ -16,7 +16,7 @@ import orjson
 from bench.common import ROOT, BenchEnv, Figure
 from connector.devkafka import DevKafka
 
-SCENARIOS = ("ceilings", "submit", "webhook", "latency", "budget", "state")
+SCENARIOS = ("ceilings", "policy", "submit", "webhook", "latency", "budget", "state")
 
 
 def _fmt(value: float) -> str:
