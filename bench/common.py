@@ -20,7 +20,7 @@ from typing import Any, Literal
 import httpx
 import orjson
 import yaml
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,6 +278,20 @@ def start_connector(
         [sys.executable, "-m", "connector.cli", "run", "--role", role, "--config", str(config)],
         config.with_suffix(".log"),
         env={"HITL_API_KEY": API_KEY, "HITL_WEBHOOK_SECRET": WEBHOOK_SECRET},
+    )
+
+
+def reader(bootstrap: str, topic: str, *, committed: bool = True, tail: bool = False) -> Any:
+    """A group-less consumer of ``topic`` from the beginning (read_committed unless
+    ``committed`` is False); ``tail`` answers fetches within 5 ms, for latency figures."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        group_id=None,
+        **({"fetch_max_wait_ms": 5} if tail else {}),
     )
 
 

@@ -22,10 +22,11 @@ import asyncio
 import calendar
 import contextlib
 import time
+from collections.abc import Callable
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from bench.common import (
     BenchEnv,
@@ -34,6 +35,7 @@ from bench.common import (
     create_topics,
     free_port,
     percentile,
+    reader,
     run_id,
     sandbox,
     start_connector,
@@ -56,15 +58,7 @@ class OutputTail:
     """Records when each decision becomes visible to a read_committed consumer."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=5,
-            group_id=None,
-        )
+        self.consumer = reader(bootstrap, topic, tail=True)
         # event_id → (visible at, request_id, record timestamp = when the resolver produced it)
         self.seen: dict[str, tuple[float, str, float]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -95,10 +89,20 @@ class OutputTail:
         await self.consumer.stop()
 
 
+def latency_event(event_id: str, i: int) -> bytes:
+    return orjson.dumps({"id": event_id, "content": f"latency post {i}", "priority": "normal"})
+
+
 async def paced(
-    bootstrap: str, topic: str, prefix: str, rate: int, seconds: float
+    bootstrap: str,
+    topic: str,
+    prefix: str,
+    rate: int,
+    seconds: float,
+    value_for: Callable[[str, int], bytes] = latency_event,
 ) -> dict[str, float]:
-    """Produce ``rate`` events/s for ``seconds``; event id → record timestamp (epoch s)."""
+    """Produce ``rate`` events/s for ``seconds`` (``value_for(event id, i)``); event id →
+    record timestamp (epoch s)."""
     stamps: dict[str, float] = {}
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks="all")
     await producer.start()
@@ -113,9 +117,7 @@ async def paced(
             event_id = f"{prefix}-{i}"
             now_ms = int(time.time() * 1000)
             stamps[event_id] = now_ms / 1000
-            value = orjson.dumps(
-                {"id": event_id, "content": f"latency post {i}", "priority": "normal"}
-            )
+            value = value_for(event_id, i)
             futures.append(
                 await producer.send(topic, value, key=event_id.encode(), timestamp_ms=now_ms)
             )
@@ -127,14 +129,7 @@ async def paced(
 
 async def callback_received(bootstrap: str, topic: str) -> dict[str, tuple[float, float]]:
     """request id → (``received_ts``, record timestamp) of its first callback (read_committed)."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
+    consumer = reader(bootstrap, topic)
     await consumer.start()
     out: dict[str, tuple[float, float]] = {}
     try:

@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from bench.common import (
@@ -51,17 +51,24 @@ from bench.common import (
     cpu_seconds,
     create_topics,
     percentile,
+    reader,
     run_id,
     sandbox,
     spawn,
     stop,
     topics_for,
 )
+from bench.latency import paced
 
 SCENARIO = "policy"
 PARTITIONS = 6
 RATE = 2_000
 CONTENDERS = ("connector", "quix default", "quix 1 s")
+
+
+def policy_value(event_id: str, i: int) -> bytes:
+    """``policy_event`` for a given id (the paced producer's value builder)."""
+    return policy_event(event_id.rsplit("-", 1)[0], i)
 
 
 def policy_event(run: str, i: int) -> bytes:
@@ -149,14 +156,7 @@ class Samples:
 
 async def read_output(bootstrap: str, topic: str, expect: int, timeout: float = 60) -> list[Any]:
     """Every committed record of ``topic`` (waits for ``expect`` of them, or the timeout)."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
+    consumer = reader(bootstrap, topic)
     await consumer.start()
     records: list[Any] = []
     try:
@@ -176,15 +176,7 @@ class Arrivals:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.first = self.last = float("nan")
         self.count = 0
-        self._consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            isolation_level="read_uncommitted",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=5,
-            group_id=None,
-        )
+        self._consumer = reader(bootstrap, topic, committed=False, tail=True)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -255,46 +247,13 @@ async def throughput_run(
     }
 
 
-async def paced_policy(bootstrap: str, topic: str, run: str, seconds: float) -> dict[str, float]:
-    """``RATE`` policy events/s for ``seconds``; event id → input record timestamp (s)."""
-    stamps: dict[str, float] = {}
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks="all")
-    await producer.start()
-    try:
-        t0 = time.monotonic()
-        futures = []
-        for i in range(int(RATE * seconds)):
-            delay = t0 + i / RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            now_ms = int(time.time() * 1000)
-            stamps[f"{run}-{i}"] = now_ms / 1000
-            futures.append(
-                await producer.send(
-                    topic, policy_event(run, i), key=f"{run}-{i}".encode(), timestamp_ms=now_ms
-                )
-            )
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return stamps
-
-
 async def latency_run(env: BenchEnv, kind: str, seconds: float, url: str) -> dict[str, float]:
     run = run_id("lat")
     source = f"in-{run}"
     await create_topics(env.bootstrap, [source, topics_for(run)["output"]], PARTITIONS)
     proc, _group, output = launch(env, kind, run, source, url)
     visible: dict[str, float] = {}
-    tail = AIOKafkaConsumer(
-        output,
-        bootstrap_servers=env.bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=5,
-        group_id=None,
-    )
+    tail = reader(env.bootstrap, output, tail=True)
     await tail.start()
 
     async def follow() -> None:
@@ -308,7 +267,7 @@ async def latency_run(env: BenchEnv, kind: str, seconds: float, url: str) -> dic
     follower = asyncio.create_task(follow())
     try:
         await asyncio.sleep(3)  # the process starts and joins its group
-        stamps = await paced_policy(env.bootstrap, source, run, seconds)
+        stamps = await paced(env.bootstrap, source, run, RATE, seconds, value_for=policy_value)
         deadline = time.monotonic() + 30
         while len(visible) < len(stamps) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

@@ -13,7 +13,17 @@ set -eu
 
 tag=${1:-hitl-kafka-connector:dev}
 cache=${HITL_IMAGE_CACHE:-/var/cache/hitl-image}
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror this host's apt already uses (deb822 .sources, else sources.list), unless
+# DEBIAN_MIRROR names one.
+host_mirror() {
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        uri=$(awk '$1 == "URIs:" && $2 !~ /security/ {print $2; exit}' "$f")
+        [ -n "$uri" ] && { echo "$uri"; return; }
+    done
+    awk '$1 == "deb" && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null
+}
+mirror=${DEBIAN_MIRROR:-$(host_mirror)}
 base=localhost/hitl-python-base:bookworm
 tarball=$cache/bookworm-python-base.tar
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +35,10 @@ sh "$root/scripts/ensure_debian_package.sh" debootstrap debootstrap
 started=$(date +%s)
 if [ ! -s "$tarball" ]; then
     [ "$(id -u)" -eq 0 ] || { echo "build_image: debootstrap needs root" >&2; exit 1; }
+    [ -n "$mirror" ] || {
+        echo "build_image: no Debian mirror in this host's apt sources; set DEBIAN_MIRROR" >&2
+        exit 1
+    }
     mkdir -p "$cache"
     rootfs=$(mktemp -d "$cache/rootfs.XXXXXX")
     echo "build_image: debootstrap bookworm into $rootfs (about a minute) ..." >&2

@@ -182,15 +182,8 @@ class Reconciler:
             return
         result.sweep_calls += 1
         self.sweep_calls += 1
-        oldest_on_page = now
-        for obj in page.requests:
-            try:
-                cb = normalize_request_object(obj)
-            except MalformedPayload:
-                continue
-            created = epoch(obj.get("created_at")) if isinstance(obj, dict) else None
-            if created is not None:
-                oldest_on_page = min(oldest_on_page, created)
+        callbacks, oldest_on_page = _read_page(page.requests, now)
+        for cb in callbacks:
             repoll = self._r.reconcile_repoll_seconds
             recent = now - self._polled.get(cb.request_id, -1e18) < repoll
             if cb.terminal and not recent and self._in_table(cb.request_id):
@@ -246,15 +239,8 @@ class Reconciler:
                 log.warning("reconciler list call failed: %s", exc)
                 break
             result.list_calls += 1
-            oldest_on_page = now
-            for obj in page.requests:
-                try:
-                    cb = normalize_request_object(obj)
-                except MalformedPayload:
-                    continue
-                created = epoch(obj.get("created_at")) if isinstance(obj, dict) else None
-                if created is not None:
-                    oldest_on_page = min(oldest_on_page, created)
+            callbacks, oldest_on_page = _read_page(page.requests, now)
+            for cb in callbacks:
                 if cb.request_id in overdue:
                     found[cb.request_id] = cb
             # Stop paging once the pages are older than anything we are looking for.
@@ -310,3 +296,20 @@ class Reconciler:
         horizon = self._r.reconcile_repoll_seconds
         if len(self._polled) > 100_000:
             self._polled = {k: t for k, t in self._polled.items() if now - t < horizon}
+
+
+def _read_page(requests: list[Any], now: float) -> tuple[list[NormalizedCallback], float]:
+    """A list page's requests as callbacks (malformed ones skipped), and the creation time of
+    its oldest request (``now`` when none has one): paging stops once pages are older."""
+    callbacks: list[NormalizedCallback] = []
+    oldest = now
+    for obj in requests:
+        try:
+            cb = normalize_request_object(obj)
+        except MalformedPayload:
+            continue
+        created = epoch(obj.get("created_at")) if isinstance(obj, dict) else None
+        if created is not None:
+            oldest = min(oldest, created)
+        callbacks.append(cb)
+    return callbacks, oldest

@@ -96,7 +96,16 @@ async def heal(cluster: DevCluster) -> None:
 
 def _settings(bootstrap: str, **topics: Any) -> Settings:
     run = f"{time.monotonic_ns():x}"[-8:]
-    names = ("input", "output", "dlq", "requests", "callbacks", "unmatched", "escalations")
+    names = (
+        "input",
+        "output",
+        "dlq",
+        "requests",
+        "callbacks",
+        "unmatched",
+        "escalations",
+        "journal",
+    )
     return Settings(
         kafka={"bootstrap_servers": bootstrap},
         topics={**{name: f"{name}-{run}" for name in names}, **topics},
@@ -119,7 +128,7 @@ async def test_topics_take_the_clusters_replication(
         )
     report = await ensure_topics(settings, create=False)
     assert report.cluster is not None and report.cluster.brokers == 3
-    assert len(report.topics) == 7 and not report.risks
+    assert len(report.topics) == 8 and not report.risks  # 7 topics + the submit journal
     for topic in report.topics:
         assert (topic.replication, topic.in_sync, topic.min_insync_replicas) == (3, 3, 2)
     # What the issue met: RF 1 set explicitly on a cluster is named, and can refuse to start.
