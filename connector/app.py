@@ -17,9 +17,16 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from connector.config import Settings
 from connector.errors import ConfigError
-from connector.gateway.app import GatewayApp, GatewayConfig, check_gateway_config
+from connector.gateway.app import (
+    GatewayApp,
+    GatewayConfig,
+    SinkUnavailable,
+    check_gateway_config,
+)
 from connector.gateway.server import GatewayServer
 from connector.gateway.sink import KafkaCallbackSink
 from connector.hitl.client import HitlClient
@@ -206,6 +213,10 @@ class ConnectorApp:
             await asyncio.sleep(interval)
             try:
                 await self.reconciler.run_once()
+            except (KafkaError, SinkUnavailable, TimeoutError) as exc:
+                # A broker outage: the next pass retries, and the broker's own WARNING/INFO
+                # pair (kafka.failover) already tells the operator; no ERROR per pass.
+                log.warning("reconcile pass skipped, Kafka unavailable: %s", exc)
             except Exception:
                 log.exception("reconcile pass failed")
 
