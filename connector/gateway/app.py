@@ -217,7 +217,7 @@ class GatewayApp:
                 send, 200 if ok else 503, b'{"ready":%s}' % (b"true" if ok else b"false")
             )
         elif path == "/metrics" and self._metrics_app is not None:
-            await self._metrics_app(scope, receive, send)
+            await self._metrics_app(_metrics_scope(scope), receive, send)
         else:
             await _respond(send, 404, b'{"error":"not found"}')
 
@@ -385,3 +385,16 @@ class GatewayApp:
         log.warning("webhook not accepted, Kafka unavailable: %s", exc)
         retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
         return (*_json_body(503, {"error": "temporarily unavailable"}), retry)
+
+
+def _metrics_scope(scope: Scope) -> Scope:
+    """The request as prometheus_client's ASGI app may see it: that app decodes the query
+    string and every header as UTF-8 and fails (a 500) on other bytes, so it gets only the
+    headers it reads (``accept``, ``accept-encoding``) and only ASCII values of them."""
+    query: bytes = scope.get("query_string", b"")
+    headers = [
+        (name, value)
+        for name, value in scope.get("headers", ())
+        if name.lower() in (b"accept", b"accept-encoding") and value.isascii()
+    ]
+    return {**scope, "headers": headers, "query_string": query if query.isascii() else b""}

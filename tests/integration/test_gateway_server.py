@@ -177,6 +177,17 @@ async def test_slow_bodies_get_408_and_free_their_tasks(gateway: Running) -> Non
     assert Statuses(await asyncio.to_thread(exchange, port, webhook())).seen == [200]
 
 
+def test_metrics_with_bytes_that_are_not_utf8_is_answered_200(gateway: Running) -> None:
+    # prometheus_client's ASGI app decodes headers and the query string as UTF-8; the fuzz
+    # found a 500 for an Accept-Encoding byte 0x80. The gateway hands it only what it reads.
+    for data in (
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept-Encoding:\x80gzip\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Other: \xf9\xfa\r\n\r\n",
+        b"GET /metrics?name[]=%F9%80 HTTP/1.1\r\nHost: t\r\n\r\n",
+    ):
+        assert Statuses(exchange(_port(gateway), data)).seen == [200], data
+
+
 def test_idle_keep_alive_connection_is_closed(gateway: Running) -> None:
     with socket.create_connection(("127.0.0.1", _port(gateway)), timeout=5) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
