@@ -241,6 +241,16 @@ class BatchSettings(_Section):
     max_records: int = Field(default=500, ge=1, le=100_000)
     max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     linger_ms: int = Field(default=50, ge=0, le=60_000)
+    commit_interval_ms: int = Field(
+        default=100,
+        ge=0,
+        le=60_000,
+        description="A submit transaction starts at most this often (batches processed "
+        "meanwhile join it), as Kafka Streams' commit.interval.ms under exactly-once. Fewer, "
+        "larger transactions cost the broker and the connector less per event; policy "
+        "decisions and request rows become visible up to this much later. 0: commit each "
+        "batch as soon as the previous transaction ends.",
+    )
     max_event_bytes: int = Field(default=1024 * 1024, ge=256)
     dlq_max_value_bytes: int = Field(
         default=900 * 1024,

@@ -105,7 +105,7 @@ def key_from_text(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SourceRef:
     """Where an input record came from."""
 
@@ -123,7 +123,7 @@ class SourceRef:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutRecord:
     """One record to produce inside a checkpoint transaction."""
 

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 Batch = dict[TopicPartition, list[Any]]
 MAX_CONSECUTIVE_CHECKPOINT_FAILURES = 5
 DEFAULT_PAUSE_SECONDS = 5.0
+# Batches processed ahead of the commit (back-pressure beyond): enough for a commit interval
+# at the policy path's full rate (50k events/s x 100 ms = 10 batches of 500).
+MAX_STAGED_BATCHES = 16
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -91,6 +94,7 @@ class TransactionalRole:
         max_records: int,
         fetch_max_bytes: int | None = None,
         linger_ms: int = 0,
+        commit_interval_ms: int = 0,
     ) -> None:
         self._role = role
         self._kafka = kafka
@@ -100,6 +104,7 @@ class TransactionalRole:
         self._max_records = max_records
         self._fetch_max_bytes = fetch_max_bytes
         self._linger_ms = linger_ms
+        self._commit_interval = commit_interval_ms / 1000
         self._failures = 0  # failed transactions in a row
         self._consumer: AIOKafkaConsumer | None = None
         self._checkpoint: Checkpoint | None = None
@@ -158,7 +163,12 @@ class TransactionalRole:
         self._checkpoint = Checkpoint(
             producer, self.group_id, renew=lambda: make_transactional_producer(kafka, role=role)
         )
-        self._pipeline = CommitPipeline(self._checkpoint, on_committed=self._committed)
+        self._pipeline = CommitPipeline(
+            self._checkpoint,
+            on_committed=self._committed,
+            max_staged=MAX_STAGED_BATCHES,
+            commit_interval=self._commit_interval,
+        )
         self._pipeline.start()
         await self._start_more()
         extra = {} if self._fetch_max_bytes is None else {"fetch_max_bytes": self._fetch_max_bytes}

@@ -195,12 +195,15 @@ class BatchProcessor:
         )
         return Outcome("dlq", [out], reason=reason)
 
-    def _policy(self, rec: InputRecord, source: SourceRef, event: ContentEvent) -> Outcome | None:
+    def _policy(
+        self, rec: InputRecord, source: SourceRef, event: ContentEvent, now: float, at: str
+    ) -> Outcome | None:
+        """The policy's decision record, or None when a person decides. ``now`` (epoch) and
+        ``at`` (its ISO form) are the batch's: formatting them once per batch, not per event."""
         decided = decide_by_policy(event, self._s.policy)
         if decided is None:
             return None
-        now = self._clock()
-        ts = rec.timestamp / 1000 if rec.timestamp and rec.timestamp > 0 else None
+        ts = rec.timestamp
         value = decision_value(
             event_id=event.event_id,
             request_id=None,
@@ -213,26 +216,32 @@ class BatchProcessor:
             via="policy",
             source=source,
             submitted_at=None,
-            decided_at=iso_now(now),
-            end_to_end_seconds=None if ts is None else round(now - ts, 6),
+            decided_at=at,
+            end_to_end_seconds=round(now - ts / 1000, 6) if ts and ts > 0 else None,
         )
         headers = base_headers(
             SCHEMA_DECISION,
             event_id=event.event_id,
-            traceparent=find_header(rec.headers, H_TRACEPARENT),
+            traceparent=find_header(rec.headers, H_TRACEPARENT) if rec.headers else None,
         )
         key = rec.key if rec.key is not None else event.event_id.encode()
         out = OutRecord(self._s.topics.output, key, dumps(value), headers)
-        return Outcome("policy", [out], reason=decided.decision)
+        return Outcome("policy", [out], decided.decision)
 
-    def classify(self, rec: InputRecord) -> Outcome | _Pending:
-        """Everything that needs no network: validation, policy, routing, the body."""
+    def classify(
+        self, rec: InputRecord, now: float | None = None, at: str | None = None
+    ) -> Outcome | _Pending:
+        """Everything that needs no network: validation, policy, routing, the body. ``now``
+        and ``at`` (its ISO form) default to the clock's time."""
+        if now is None or at is None:
+            now = self._clock()
+            at = iso_now(now)
         source = SourceRef(rec.topic, rec.partition, rec.offset, rec.timestamp)
         try:
             event = parse_event(rec.value, rec.key, source, max_bytes=self._s.batch.max_event_bytes)
         except InvalidEvent as exc:
             return self._dlq(rec, source, exc.reason, exc.detail)
-        decided = self._policy(rec, source, event)
+        decided = self._policy(rec, source, event, now, at)
         if decided is not None:
             return decided
         loop_id = choose_loop(event, self._s.loops)
@@ -395,7 +404,10 @@ class BatchProcessor:
         """Classify, create concurrently (bounded, all partitions at once), plan commits."""
         deadline = self._monotonic() + self._s.batch.max_batch_seconds
         blocked: dict[Any, float | None] = {}
-        classified = {tp: [self.classify(r) for r in records] for tp, records in batch.items()}
+        now = self._clock()
+        at = iso_now(now)
+        classify = self.classify
+        classified = {tp: [classify(r, now, at) for r in records] for tp, records in batch.items()}
         pending = [
             (tp, i, o)
             for tp, outcomes in classified.items()

@@ -40,26 +40,32 @@ def choose_loop(event: ContentEvent, loops: LoopSettings) -> str | None:
 
 
 def decide_by_policy(event: ContentEvent, policy: PolicySettings) -> PolicyDecision | None:
-    if not policy.enabled or event.ai_analysis is None:
+    analysis = event.ai_analysis
+    if analysis is None or not policy.enabled:
         return None
-    risk = event.score("risk_score")
-    confidence = event.score("confidence")
-    bad_flags = sorted(set(policy.reject_flags) & set(event.flags))
-    if bad_flags:
-        return PolicyDecision(policy.reject_decision, f"flags {', '.join(bad_flags)}")
-    if risk is not None and risk >= policy.reject_min_risk:
+    # parse_event validated these: scores are int/float in [0, 1], flags a list of strings.
+    flags = analysis.get("flags")
+    if flags:
+        bad_flags = sorted(set(policy.reject_flags).intersection(flags))
+        if bad_flags:
+            return PolicyDecision(policy.reject_decision, f"flags {', '.join(bad_flags)}")
+    risk = analysis.get("risk_score")
+    if risk is None:
+        return None
+    risk = float(risk)
+    if risk >= policy.reject_min_risk:
         return PolicyDecision(
             policy.reject_decision, f"risk_score {risk} >= {policy.reject_min_risk}"
         )
+    confidence = analysis.get("confidence")
     if (
         confidence is not None
-        and risk is not None
-        and confidence >= policy.approve_min_confidence
+        and float(confidence) >= policy.approve_min_confidence
         and risk <= policy.approve_max_risk
     ):
         return PolicyDecision(
             policy.approve_decision,
-            f"confidence {confidence} >= {policy.approve_min_confidence} and "
+            f"confidence {float(confidence)} >= {policy.approve_min_confidence} and "
             f"risk_score {risk} <= {policy.approve_max_risk}",
         )
     return None

@@ -52,6 +52,7 @@ class Submitter(TransactionalRole):
             max_records=batch.max_records,
             fetch_max_bytes=batch.max_bytes,
             linger_ms=batch.linger_ms,
+            commit_interval_ms=batch.commit_interval_ms,
         )
         self._processor = processor
         self.journal = journal

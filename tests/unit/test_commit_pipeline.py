@@ -41,13 +41,16 @@ def staged(
     return Staged([OutRecord("out", None, name.encode(), [])], offsets, first, meta=name)
 
 
-def make(max_staged: int = 4) -> tuple[CommitPipeline, FakeCheckpoint, list[str]]:
+def make(
+    max_staged: int = 4, interval: float = 0.0
+) -> tuple[CommitPipeline, FakeCheckpoint, list[str]]:
     fake = FakeCheckpoint()
     committed: list[str] = []
     pipeline = CommitPipeline(
         cast(Checkpoint, fake),
         on_committed=lambda group: committed.extend(s.meta for s in group),
         max_staged=max_staged,
+        commit_interval=interval,
     )
     pipeline.start()
     return pipeline, fake, committed
@@ -120,4 +123,42 @@ async def test_an_unexpected_error_in_the_committer_is_raised_to_the_role() -> N
         await pipeline.flush()
     with pytest.raises(RuntimeError, match="bug"):
         pipeline.check()
+    await pipeline.stop()
+
+
+async def test_commit_interval_groups_batches_until_it_is_over() -> None:
+    pipeline, fake, committed = make(max_staged=8, interval=0.3)
+    fake.gate.set()
+    pipeline.stage(staged("a", {TP0: 1}, {TP0: 0}))  # the first transaction starts at once
+    await asyncio.wait_for(fake.started.wait(), 1)
+    fake.started.clear()
+    await asyncio.sleep(0.01)
+    assert committed == ["a"]
+    pipeline.stage(staged("b", {TP0: 2}, {TP0: 1}))
+    await asyncio.sleep(0.05)
+    pipeline.stage(staged("c", {TP0: 3}, {TP0: 2}))
+    await asyncio.sleep(0.05)
+    assert not fake.started.is_set() and committed == ["a"]  # held: the interval runs
+    fake.gate.set()
+    await asyncio.wait_for(fake.started.wait(), 1)  # within the 0.3 s interval
+    await asyncio.sleep(0.01)
+    assert fake.transactions == [([b"a"], {TP0: 1}), ([b"b", b"c"], {TP0: 3})]
+    await pipeline.stop()
+
+
+async def test_a_flush_or_a_full_queue_cuts_the_commit_interval_short() -> None:
+    pipeline, fake, committed = make(max_staged=2, interval=30.0)
+    fake.gate.set()
+    pipeline.stage(staged("a", {TP0: 1}, {TP0: 0}))
+    await asyncio.wait_for(fake.started.wait(), 1)
+    pipeline.stage(staged("b", {TP0: 2}, {TP0: 1}))
+    fake.gate.set()
+    assert await asyncio.wait_for(pipeline.flush(), 1) is None  # not 30 s
+    assert committed == ["a", "b"]
+    pipeline.stage(staged("c", {TP0: 3}, {TP0: 2}))
+    pipeline.stage(staged("d", {TP0: 4}, {TP0: 3}))  # max_staged reached
+    fake.gate.set()
+    await asyncio.wait_for(pipeline.wait_room(), 1)
+    await asyncio.sleep(0.01)
+    assert committed == ["a", "b", "c", "d"]
     await pipeline.stop()
