@@ -6,14 +6,13 @@ then the default. The policy looks only at ``ai_analysis``; rejection wins over 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from connector.config import LoopSettings, PolicySettings, RouteRule
 from connector.submitter.events import ContentEvent
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyDecision:
+class PolicyDecision(NamedTuple):  # a tuple: built once per event on the policy path
     decision: str
     reason: str
 
