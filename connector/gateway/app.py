@@ -29,11 +29,13 @@ from typing import Any, Protocol
 import orjson
 from prometheus_client import make_asgi_app
 
+from connector.config import GatewaySettings
 from connector.errors import ConfigError
 from connector.hitl.payloads import Ignored, MalformedPayload, normalize_webhook, request_id_hint
 from connector.hitl.signing import SIGNATURE_HEADERS, SignatureCheck, decide, verify_signature
 from connector.hitl.tokens import read_callback_token
 from connector.metrics import Metrics
+from connector.serving import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +387,20 @@ class GatewayApp:
         log.warning("webhook not accepted, Kafka unavailable: %s", exc)
         retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
         return (*_json_body(503, {"error": "temporarily unavailable"}), retry)
+
+
+def gateway_server(app: GatewayApp, settings: GatewaySettings) -> HttpServer:
+    """``app`` served on ``settings.host:port`` with the limits of ``settings``."""
+    return HttpServer(
+        app,
+        settings.host,
+        settings.port,
+        name="gateway",
+        limit_concurrency=settings.limit_concurrency,
+        keep_alive_seconds=settings.keep_alive_seconds,
+        head_timeout=settings.header_timeout_seconds,
+        max_head_bytes=settings.max_header_bytes,
+    )
 
 
 def _metrics_scope(scope: Scope) -> Scope:
