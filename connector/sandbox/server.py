@@ -232,45 +232,7 @@ def _add_reviewer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> SandboxOptions:
-    return SandboxOptions(
-        api_keys=tuple(args.api_keys),
-        preset_loops=tuple(args.preset_loops),
-        loop_members=args.loop_members,
-        rate_limit_calls=args.rate_limit_calls,
-        rate_limit_window_seconds=args.rate_limit_window_seconds,
-        rate_limit_retry_after=args.rate_limit_retry_after,
-        refund_on_cancel=args.refund_on_cancel,
-        honour_idempotency_key=args.honour_idempotency_key and not args.ignore_idempotency,
-        kind_cancel_claimed=args.kind_cancel_claimed,
-        kind_timeout_response_data=args.kind_timeout_response_data,
-        latency_ms=args.latency_ms,
-        latency_max_ms=args.latency_max_ms,
-        error_rate=args.error_rate,
-        outage_seconds=args.outage_seconds,
-        outage_retry_after=args.outage_retry_after,
-        outage_retry_after_http_date=args.outage_retry_after_http_date,
-        reject_marker=args.reject_marker,
-        reject_msg=args.reject_msg,
-        ambiguous_marker=args.ambiguous_marker,
-        ambiguous_rate=args.ambiguous_rate,
-        ambiguous_answer=args.ambiguous_answer,
-        seed=args.seed,
-        auto_review=args.auto_review,
-        review_delay_min_ms=args.review_delay_min_ms,
-        review_delay_max_ms=args.review_delay_max_ms,
-        answer_mix=args.answer_mix,
-        claim_events=args.claim_events,
-        escalate_share=args.escalate_share,
-        response_data_style=args.response_data_style,
-        timeout_scale=args.timeout_scale,
-        webhook_payload_style=args.webhook_payload_style,
-        webhook_signature=args.webhook_signature,
-        webhook_secret=args.webhook_secret,
-        webhook_retry_scale=args.webhook_retry_scale,
-        webhook_timeout_seconds=args.webhook_timeout_seconds,
-        webhook_concurrency=args.webhook_concurrency,
-        webhook_drop_share=args.webhook_drop_share,
-        webhook_duplicate_share=args.webhook_duplicate_share,
-        webhook_reorder_share=args.webhook_reorder_share,
-        webhook_delay_ms=args.webhook_delay_ms,
-    )
+    """The options ``add_arguments`` parsed: each option's dest is its field's name."""
+    values = {k: v for k, v in vars(args).items() if k in SandboxOptions.model_fields}
+    values["honour_idempotency_key"] = args.honour_idempotency_key and not args.ignore_idempotency
+    return SandboxOptions(**values)
