@@ -41,6 +41,7 @@ from connector.resolver.service import Resolver
 from connector.serving import HttpServer
 from connector.submitter.batch import BatchProcessor
 from connector.submitter.journal import Journal
+from connector.submitter.recovery import Recovery
 from connector.submitter.service import Submitter
 
 log = logging.getLogger(__name__)
@@ -132,11 +133,19 @@ class ConnectorApp:
                 def callback_url_for(event_id: str) -> str | None:
                     return base + make_callback_token(event_id, secret)
 
-            journal = Journal(settings)
+            journal = Journal(settings.kafka, settings.topics.journal)
+            recovery = Recovery(
+                self.client,
+                settings.kafka.group_id,
+                skew_seconds=settings.batch.lookup_skew_seconds,
+                default_loop=settings.loops.default,
+                metrics=self.metrics,
+            )
             processor = BatchProcessor(
                 settings,
                 self.client,
                 callback_url_for=callback_url_for,
+                recovery=recovery,
                 journal=journal if settings.batch.journal else None,
             )
             self.submitter = Submitter(

@@ -38,8 +38,8 @@ LIMIT = 64 * 1024
 
 def outcome(app: GatewayApp, name: str) -> int:
     """A webhook outcome's count, from the app's Prometheus registry."""
-    assert app.stats.metrics is not None
-    registry = app.stats.metrics.registry
+    assert app.metrics is not None
+    registry = app.metrics.registry
     value = registry.get_sample_value("hitl_connector_webhooks_received_total", {"outcome": name})
     return int(value or 0)
 
