@@ -26,8 +26,8 @@ from connector.gateway.app import (
     GatewayConfig,
     SinkUnavailable,
     check_gateway_config,
+    gateway_server,
 )
-from connector.gateway.server import GatewayServer
 from connector.gateway.sink import KafkaCallbackSink
 from connector.hitl.client import HitlClient
 from connector.hitl.observe import ApiMetrics
@@ -38,8 +38,10 @@ from connector.kafka.role import drain
 from connector.metrics import Metrics
 from connector.resolver.reconciler import Reconciler
 from connector.resolver.service import Resolver
+from connector.serving import HttpServer
 from connector.submitter.batch import BatchProcessor
 from connector.submitter.journal import Journal
+from connector.submitter.recovery import Recovery
 from connector.submitter.service import Submitter
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,7 @@ class ConnectorApp:
         self.submitter: Submitter | None = None
         self.resolver: Resolver | None = None
         self.reconciler: Reconciler | None = None
-        self.gateway: GatewayServer | None = None
+        self.gateway: HttpServer | None = None
         self.sink: KafkaCallbackSink | None = None  # the gateway's
         self.poll_sink: KafkaCallbackSink | None = None  # the reconciler's own
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -131,11 +133,19 @@ class ConnectorApp:
                 def callback_url_for(event_id: str) -> str | None:
                     return base + make_callback_token(event_id, secret)
 
-            journal = Journal(settings)
+            journal = Journal(settings.kafka, settings.topics.journal)
+            recovery = Recovery(
+                self.client,
+                settings.kafka.group_id,
+                skew_seconds=settings.batch.lookup_skew_seconds,
+                default_loop=settings.loops.default,
+                metrics=self.metrics,
+            )
             processor = BatchProcessor(
                 settings,
                 self.client,
                 callback_url_for=callback_url_for,
+                recovery=recovery,
                 journal=journal if settings.batch.journal else None,
             )
             self.submitter = Submitter(
@@ -178,7 +188,7 @@ class ConnectorApp:
         config = gateway_config(settings)
         webhook_sink = self.sink if "gateway" in self.roles else None
         http = GatewayApp(config, webhook_sink, metrics=self.metrics, ready=self.ready)
-        self.gateway = GatewayServer(http, g)
+        self.gateway = gateway_server(http, g)
 
     def ready(self) -> bool:
         """Kafka producer and consumers ready (the gateway's /readyz)."""

@@ -55,7 +55,7 @@ class _RecordCounter:
             tps = [
                 TopicPartition(t, p)
                 for t in self._topics
-                for p in await partition_ids(self._settings, t)
+                for p in await partition_ids(self._settings.kafka, t)
             ]
             if not tps:
                 return dict(self._counts)

@@ -27,7 +27,7 @@ from typing import Any, Final, TextIO
 
 from aiokafka import TopicPartition
 
-from connector.config import Settings, load_settings
+from connector.config import KafkaSettings, load_settings
 from connector.errors import ConfigError, KafkaSetupError
 from connector.kafka.admin import partition_ids
 from connector.kafka.clients import make_consumer, make_producer
@@ -152,34 +152,34 @@ def _describe(record: Any, reason: str) -> str:
 
 
 async def replay(
-    settings: Settings,
+    kafka: KafkaSettings,
     flt: ReplayFilter,
     *,
-    to: str | None = None,
+    source: str,
+    to: str,
     dry_run: bool = False,
     show: int = 10,
     out: TextIO = sys.stdout,
-    source: str | None = None,
 ) -> ReplaySummary:
-    """Replay the DLQ records ``flt`` selects to ``to`` (default: the input topic). ``source``
-    reads another dead-letter topic instead, e.g. the unmatched topic into ``hitl.callbacks``
-    (webhooks the gateway kept as unusable, once the connector can read them)."""
-    dlq_topic, target = source or settings.topics.dlq, to or settings.topics.input
+    """Replay the records ``flt`` selects from the dead-letter topic ``source`` (``topics.dlq``,
+    or e.g. the unmatched topic: webhooks the gateway kept as unusable, once the connector
+    can read them) to ``to`` (the input topic, or ``hitl.callbacks``)."""
+    dlq_topic, target = source, to
     if target == dlq_topic:
         raise ConfigError(f"--to {target} is the DLQ topic itself; replay into another topic")
     summary = ReplaySummary(dlq_topic, target, dry_run)
-    dlq_partitions = await partition_ids(settings, dlq_topic)
+    dlq_partitions = await partition_ids(kafka, dlq_topic)
     for name, parts, what in (
         (dlq_topic, dlq_partitions, "DLQ topic (topics.dlq or --from)"),
-        (target, await partition_ids(settings, target), "target topic"),
+        (target, await partition_ids(kafka, target), "target topic"),
     ):
         if not parts:
             raise KafkaSetupError(
-                f"{what} {name} does not exist on {settings.kafka.bootstrap_servers}; "
+                f"{what} {name} does not exist on {kafka.bootstrap_servers}; "
                 "check the configuration or --to"
             )
     tps = [TopicPartition(dlq_topic, p) for p in dlq_partitions]
-    consumer = make_consumer(settings.kafka, role="dlq-replay", group_id=None)
+    consumer = make_consumer(kafka, role="dlq-replay", group_id=None)
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -190,7 +190,7 @@ async def replay(
             found = await consumer.offsets_for_times(dict.fromkeys(tps, flt.since_ms))
             for tp, hit in found.items():
                 consumer.seek(tp, hit.offset if hit is not None else end[tp])
-        producer = None if dry_run else make_producer(settings.kafka, role="dlq-replay")
+        producer = None if dry_run else make_producer(kafka, role="dlq-replay")
         if producer is not None:
             await producer.start()
         try:
@@ -303,12 +303,12 @@ async def run_from_args(args: argparse.Namespace) -> int:
     if flt.since_ms is not None and flt.until_ms is not None and flt.since_ms >= flt.until_ms:
         raise ConfigError("--since must be before --until")
     summary = await replay(
-        settings,
+        settings.kafka,
         flt,
-        to=args.to,
+        source=getattr(args, "source", None) or settings.topics.dlq,
+        to=args.to or settings.topics.input,
         dry_run=args.dry_run,
         show=args.show,
-        source=getattr(args, "source", None),
     )
     print(summary.format())
     return 0

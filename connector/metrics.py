@@ -12,7 +12,7 @@ committed offset; pending = requests in the table; decisions = output records.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -50,145 +50,130 @@ class Metrics:
         p = "hitl_connector_"
         self.build_info = Info(p + "build", "Version of the running connector.", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
-        self.events_consumed = Counter(
-            p + "events_consumed", "Input records consumed and committed.", registry=r
-        )
-        self.events = Counter(
-            p + "events",
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(p + name, doc, labels, registry=r)
+
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(p + name, doc, labels, registry=r)
+
+        def histogram(name: str, doc: str, buckets: Sequence[float], *labels: str) -> Histogram:
+            return Histogram(p + name, doc, labels, buckets=buckets, registry=r)
+
+        self.events_consumed = counter("events_consumed", "Input records consumed and committed.")
+        self.events = counter(
+            "events",
             "Input records by outcome (submitted, policy, dlq) and DLQ reason.",
-            ["outcome", "reason"],
-            registry=r,
+            "outcome",
+            "reason",
         )
-        self.events_truncated = Counter(
-            p + "events_truncated", "Events whose text was cut to the HITL limit.", registry=r
+        self.events_truncated = counter(
+            "events_truncated", "Events whose text was cut to the HITL limit."
         )
-        self.api_calls = Counter(
-            p + "hitl_api_calls",
+        self.api_calls = counter(
+            "hitl_api_calls",
             "HITL.sh API calls by endpoint and status class (429 separate).",
-            ["endpoint", "status_class"],
-            registry=r,
+            "endpoint",
+            "status_class",
         )
-        self.create_latency = Histogram(
-            p + "hitl_create_latency_seconds",
+        self.create_latency = histogram(
+            "hitl_create_latency_seconds",
             "Time for one HITL.sh create-request call.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.rate_limit_remaining = Gauge(
-            p + "hitl_rate_limit_remaining",
+        self.rate_limit_remaining = gauge(
+            "hitl_rate_limit_remaining",
             "API calls left in the current window (X-RateLimit-Remaining).",
-            registry=r,
         )
-        self.rate_limit_limit = Gauge(
-            p + "hitl_rate_limit_limit", "API calls allowed per window.", registry=r
+        self.rate_limit_limit = gauge("hitl_rate_limit_limit", "API calls allowed per window.")
+        self.circuit_state = gauge(
+            "hitl_circuit_state", "HITL.sh circuit breaker: 0 closed, 1 half-open, 2 open."
         )
-        self.circuit_state = Gauge(
-            p + "hitl_circuit_state",
-            "HITL.sh circuit breaker: 0 closed, 1 half-open, 2 open.",
-            registry=r,
+        self.batch_size = histogram(
+            "batch_size", "Records per processed batch.", BATCH_BUCKETS, "role"
         )
-        self.batch_size = Histogram(
-            p + "batch_size",
-            "Records per processed batch.",
-            ["role"],
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.batch_duration = Histogram(
-            p + "batch_duration_seconds",
+        self.batch_duration = histogram(
+            "batch_duration_seconds",
             "Time to process and commit one batch.",
-            ["role"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            "role",
         )
-        self.consumer_lag = Gauge(
-            p + "consumer_lag",
+        self.consumer_lag = gauge(
+            "consumer_lag",
             "End offset minus committed offset, per consumed topic partition.",
-            ["role", "topic", "partition"],
-            registry=r,
+            "role",
+            "topic",
+            "partition",
         )
-        self.pending_requests = Gauge(
-            p + "pending_requests",
+        self.pending_requests = gauge(
+            "pending_requests",
             "HITL requests waiting for a human (in this resolver's table partitions).",
-            registry=r,
         )
-        self.oldest_pending_age = Gauge(
-            p + "oldest_pending_age_seconds",
-            "Age of the oldest pending HITL request.",
-            registry=r,
+        self.oldest_pending_age = gauge(
+            "oldest_pending_age_seconds", "Age of the oldest pending HITL request."
         )
-        self.webhooks_received = Counter(
-            p + "webhooks_received",
-            "Webhook deliveries by outcome.",
-            ["outcome"],
-            registry=r,
+        self.webhooks_received = counter(
+            "webhooks_received", "Webhook deliveries by outcome.", "outcome"
         )
-        self.webhook_ack = Histogram(
-            p + "webhook_ack_seconds",
+        self.webhook_ack = histogram(
+            "webhook_ack_seconds",
             "Time from receiving a webhook to answering it (incl. the durable produce).",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.callbacks = Counter(
-            p + "callbacks",
+        self.callbacks = counter(
+            "callbacks",
             "Callbacks joined by the resolver, by result (decided, duplicate, escalation, "
             "unmatched, ignored).",
-            ["result"],
-            registry=r,
+            "result",
         )
-        self.decisions = Counter(
-            p + "decisions",
+        self.decisions = counter(
+            "decisions",
             "Decision records written, by decision, decided_by and via.",
-            ["decision", "decided_by", "via"],
-            registry=r,
+            "decision",
+            "decided_by",
+            "via",
         )
-        self.decision_latency = Histogram(
-            p + "decision_latency_seconds",
+        self.decision_latency = histogram(
+            "decision_latency_seconds",
             "Input record timestamp to decision record, by loop.",
-            ["loop"],
-            buckets=HUMAN_BUCKETS,
-            registry=r,
+            HUMAN_BUCKETS,
+            "loop",
         )
-        self.human_response = Histogram(
-            p + "human_response_seconds",
+        self.human_response = histogram(
+            "human_response_seconds",
             "Human response time reported by HITL.sh, by loop.",
-            ["loop"],
-            buckets=HUMAN_BUCKETS,
-            registry=r,
+            HUMAN_BUCKETS,
+            "loop",
         )
-        self.reconciler_polls = Counter(
-            p + "reconciler_polls",
-            "Reconciler API calls by kind (list, get).",
-            ["kind"],
-            registry=r,
+        self.reconciler_polls = counter(
+            "reconciler_polls", "Reconciler API calls by kind (list, get).", "kind"
         )
-        self.reconciler_recovered = Counter(
-            p + "reconciler_recovered",
-            "Terminal answers found by polling (webhook missing).",
-            registry=r,
+        self.reconciler_recovered = counter(
+            "reconciler_recovered", "Terminal answers found by polling (webhook missing)."
         )
-        self.unmatched = Counter(
-            p + "unmatched_callbacks",
-            "Callbacks sent to the unmatched topic, by reason.",
-            ["reason"],
-            registry=r,
+        self.recovered_requests = counter(
+            "recovered_requests",
+            "Requests the submitter did not create again: reused (known in memory, no call) "
+            "or adopted (found by a lookup); unreadable: listed requests it could not match.",
+            "outcome",
         )
-        self.unmatched_choices = Counter(
-            p + "unmatched_answer_choices",
+        self.unmatched = counter(
+            "unmatched_callbacks", "Callbacks sent to the unmatched topic, by reason.", "reason"
+        )
+        self.unmatched_choices = counter(
+            "unmatched_answer_choices",
             "Select answers naming no option that was sent (kept in the decision's response).",
-            ["response_type"],
-            registry=r,
+            "response_type",
         )
-        self.asyncio_tasks = Gauge(
-            p + "asyncio_tasks",
+        self.asyncio_tasks = gauge(
+            "asyncio_tasks",
             "Asyncio tasks alive in the process's event loop (a leak shows as growth).",
-            registry=r,
         )
-        self.transactions = Counter(
-            p + "kafka_transactions",
+        self.transactions = counter(
+            "kafka_transactions",
             "Kafka transactions by role and result (commit, abort).",
-            ["role", "result"],
-            registry=r,
+            "role",
+            "result",
         )
         self._loops: frozenset[str] = frozenset()
         self._decisions: frozenset[str] = frozenset()

@@ -28,7 +28,7 @@ async def _restored_table(settings: Settings) -> AsyncIterator[tuple[RequestTabl
     table = RequestTable(settings.kafka, settings.topics.requests, settings.resolver)
     await table.start()
     try:
-        parts = await partition_ids(settings, settings.topics.requests)
+        parts = await partition_ids(settings.kafka, settings.topics.requests)
         await table.assign(parts)
         if not await table.wait_ready(parts, settings.resolver.restore_timeout_seconds):
             raise KafkaSetupError(

@@ -283,7 +283,7 @@ class Soak:
         """Records on the input topic (non-transactional, so end offsets count records)."""
         topic = settings.topics.input
         if self._input is None:
-            parts = await partition_ids(settings, topic)
+            parts = await partition_ids(settings.kafka, topic)
             self._tps = [TopicPartition(topic, p) for p in parts]
             self._input = AIOKafkaConsumer(
                 bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False

@@ -29,11 +29,13 @@ from typing import Any, Protocol
 import orjson
 from prometheus_client import make_asgi_app
 
+from connector.config import GatewaySettings
 from connector.errors import ConfigError
 from connector.hitl.payloads import Ignored, MalformedPayload, normalize_webhook, request_id_hint
 from connector.hitl.signing import SIGNATURE_HEADERS, SignatureCheck, decide, verify_signature
 from connector.hitl.tokens import read_callback_token
 from connector.metrics import Metrics
+from connector.serving import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -76,25 +78,6 @@ class SinkUnavailable(Exception):
 
 class _SlowBody(Exception):
     """The body did not arrive within ``body_timeout_seconds``: 408, and the task is freed."""
-
-
-class GatewayStats:
-    """Outcome counts and ack times, kept only in Prometheus (tests read the registry)."""
-
-    def __init__(self, metrics: Metrics | None = None) -> None:
-        self.metrics = metrics
-        self._children: dict[str, Any] = {}
-
-    def count(self, outcome: str) -> None:
-        if self.metrics is not None:
-            child = self._children.get(outcome)
-            if child is None:  # the label lookup once per outcome, not per webhook
-                child = self._children[outcome] = self.metrics.webhooks_received.labels(outcome)
-            child.inc()
-
-    def acked(self, seconds: float) -> None:
-        if self.metrics is not None:
-            self.metrics.webhook_ack.observe(seconds)
 
 
 @dataclass(frozen=True)
@@ -178,9 +161,17 @@ class GatewayApp:
         """With ``sink`` None only health, readiness and metrics are served (other roles)."""
         self.config = config
         self.sink = sink
-        self.stats = GatewayStats(metrics)
+        self.metrics = metrics
+        self._outcomes: dict[str, Any] = {}  # outcome → its counter, looked up once each
         self._metrics_app = make_asgi_app(metrics.registry) if metrics is not None else None
         self._ready = ready or (sink.ready if sink is not None else (lambda: True))
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            counter = self._outcomes.get(outcome)
+            if counter is None:
+                counter = self._outcomes[outcome] = self.metrics.webhooks_received.labels(outcome)
+            counter.inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -198,13 +189,13 @@ class GatewayApp:
             try:
                 status, body, extra = await self._webhook(scope, receive, path)
             except _SlowBody:
-                self.stats.count("slow_body")
+                self._count("slow_body")
                 close = [(b"connection", b"close")]
                 await _respond(send, 408, b'{"error":"body not received in time"}', close)
                 return
             await _respond(send, status, body, extra)
-            if status == 200:
-                self.stats.acked(time.perf_counter() - start)
+            if status == 200 and self.metrics is not None:
+                self.metrics.webhook_ack.observe(time.perf_counter() - start)
             return
         if method not in ("GET", "HEAD"):
             await _respond(send, 405, b'{"error":"method not allowed"}', [(b"allow", b"GET")])
@@ -295,7 +286,7 @@ class GatewayApp:
             token = path[len(CALLBACK_PREFIX) :]
             token_event_id = read_callback_token(token, self.config.token_secrets)
             if token_event_id is None:
-                self.stats.count("bad_token")
+                self._count("bad_token")
                 return (*_json_body(401, {"error": "invalid callback token"}), None)
         # No 415: the content type is not authenticated, and an authenticated body is judged
         # by what it is (a body that is not JSON is kept with its type in the detail).
@@ -304,7 +295,7 @@ class GatewayApp:
             ctype = repr(ctype)[1:-1]
         body = await self._read_body(receive, content_length)
         if body is None:
-            self.stats.count("too_large")
+            self._count("too_large")
             return (*_json_body(413, {"error": "body too large"}), None)
         check = verify_signature(body, signature_headers, self.config.secrets)
         refused = self._refused(check, token_event_id)
@@ -324,7 +315,7 @@ class GatewayApp:
             kept = Unusable(exc.reason, str(exc)[:200], via)
             return await self._keep(body, kept, hint, token_event_id)
         if isinstance(normalized, Ignored):
-            self.stats.count("ignored")
+            self._count("ignored")
             return (*_json_body(200, {"status": "ignored", "reason": normalized.reason}), None)
         assert self.sink is not None
         try:
@@ -333,7 +324,7 @@ class GatewayApp:
             )
         except SinkUnavailable as exc:
             return self._unavailable(exc)
-        self.stats.count("accepted")
+        self._count("accepted")
         return 200, _ACCEPTED, None
 
     def _refused(
@@ -349,7 +340,7 @@ class GatewayApp:
             # matches: HITL.sh signs with a secret we may not have) is counted, not refused.
             accepted = True
             if check is SignatureCheck.INVALID:
-                self.stats.count("unverified_signature")
+                self._count("unverified_signature")
                 log.warning(
                     "callback delivery with a valid token carries a signature no configured "
                     "webhook secret verifies; accepted on the token",
@@ -357,7 +348,7 @@ class GatewayApp:
                 )
         if accepted:
             return None
-        self.stats.count("bad_signature")
+        self._count("bad_signature")
         what = "missing" if check is SignatureCheck.MISSING else "invalid"
         return (*_json_body(401, {"error": f"{what} signature"}), None)
 
@@ -372,7 +363,7 @@ class GatewayApp:
             )
         except SinkUnavailable as exc:
             return self._unavailable(exc)
-        self.stats.count(f"kept_{unusable.reason}")
+        self._count(f"kept_{unusable.reason}")
         log.warning(
             "authenticated webhook kept on the unmatched topic: %s",
             unusable.reason,
@@ -381,10 +372,24 @@ class GatewayApp:
         return (*_json_body(200, {"status": "kept", "reason": unusable.reason}), None)
 
     def _unavailable(self, exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]] | None]:
-        self.stats.count("unavailable")
+        self._count("unavailable")
         log.warning("webhook not accepted, Kafka unavailable: %s", exc)
         retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
         return (*_json_body(503, {"error": "temporarily unavailable"}), retry)
+
+
+def gateway_server(app: GatewayApp, settings: GatewaySettings) -> HttpServer:
+    """``app`` served on ``settings.host:port`` with the limits of ``settings``."""
+    return HttpServer(
+        app,
+        settings.host,
+        settings.port,
+        name="gateway",
+        limit_concurrency=settings.limit_concurrency,
+        keep_alive_seconds=settings.keep_alive_seconds,
+        head_timeout=settings.header_timeout_seconds,
+        max_head_bytes=settings.max_header_bytes,
+    )
 
 
 def _metrics_scope(scope: Scope) -> Scope:

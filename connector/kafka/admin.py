@@ -20,7 +20,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from connector.config import Settings
+from connector.config import KafkaSettings, Settings, TopicSettings
 from connector.errors import KafkaSetupError
 from connector.kafka.clients import explain_connect_failure, make_admin
 from connector.kafka.replication import (
@@ -66,17 +66,16 @@ class TopicReport:
         return out
 
 
-def _new_topic(spec: TopicSpec, settings: Settings, defaults: ClusterDefaults) -> NewTopic:
+def _new_topic(spec: TopicSpec, topics: TopicSettings, defaults: ClusterDefaults) -> NewTopic:
     config = dict(spec.config)
-    if (min_isr := wanted_min_insync(settings.topics, spec.name)) is not None:
+    if (min_isr := wanted_min_insync(topics, spec.name)) is not None:
         config["min.insync.replicas"] = str(min_isr)
-    replicas = wanted_replication(settings.topics, spec.name, defaults)
+    replicas = wanted_replication(topics, spec.name, defaults)
     return NewTopic(spec.name, spec.partitions, replicas, topic_configs=config)
 
 
-def topic_specs(settings: Settings) -> list[TopicSpec]:
+def topic_specs(t: TopicSettings) -> list[TopicSpec]:
     """Every topic the connector uses, with the shape it needs."""
-    t = settings.topics
     n_int = t.internal_partitions
     # Requests stay in the table until resolved; never delete them by age.
     table = {"cleanup.policy": "compact", "retention.ms": "-1", "min.compaction.lag.ms": "60000"}
@@ -122,11 +121,14 @@ async def _cleanup_policies(admin: Any, names: list[str]) -> dict[str, str]:
 async def ensure_topics(settings: Settings, *, create: bool) -> TopicReport:
     """Create missing topics (when ``create``) and check the shape of all of them.
 
+    Takes the whole ``Settings``: a wiring step between two sections (the cluster in
+    ``kafka``, the plan in ``topics``), called by the app and the CLI as they start.
+
     Returns what was created and each topic's replication. Raises ``KafkaSetupError`` naming
     each problem; replication risks are logged as warnings, or raise with
     ``topics.unsafe_replication=fail``.
     """
-    specs = topic_specs(settings)
+    specs = topic_specs(settings.topics)
     admin = make_admin(settings.kafka)
     try:
         await admin.start()
@@ -143,7 +145,7 @@ async def ensure_topics(settings: Settings, *, create: bool) -> TopicReport:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing and create:
-            new = [_new_topic(s, settings, defaults) for s in missing]
+            new = [_new_topic(s, settings.topics, defaults) for s in missing]
             # Another instance may win the race; the shape is validated below either way.
             with contextlib.suppress(TopicAlreadyExistsError):
                 response = await admin.create_topics(new)
@@ -211,9 +213,9 @@ def _topic_errors(response: Any) -> list[tuple[Any, ...]]:
     return [tuple(e) for e in getattr(response, "topic_errors", None) or []]
 
 
-async def partition_ids(settings: Settings, topic: str) -> list[int]:
+async def partition_ids(kafka: KafkaSettings, topic: str) -> list[int]:
     """The partition numbers of ``topic`` (empty when it does not exist)."""
-    admin = make_admin(settings.kafka)
+    admin = make_admin(kafka)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])

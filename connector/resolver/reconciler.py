@@ -101,7 +101,6 @@ class Reconciler:
         self._lagging_since: dict[int, float] = {}
         self._window_start = 0.0
         self._window_calls = 0
-        self.total_calls = 0
         # The sweep: earned calls, pacing, which page next, the ids already paid for.
         self._sweep_tokens = 1.0
         self._next_sweep = 0.0
@@ -109,7 +108,6 @@ class Reconciler:
         self._deep_offset = PAGE
         self._deep_needed = False
         self._watched: set[str] = set()
-        self.sweep_calls = 0
 
     def _budget(self) -> int:
         h = self._hitl
@@ -122,7 +120,6 @@ class Reconciler:
         if self._window_calls >= self._budget():
             return False
         self._window_calls += 1
-        self.total_calls += 1
         return True
 
     def overdue(self, now: float, skip: Collection[int] = ()) -> list[RequestEntry]:
@@ -181,7 +178,6 @@ class Reconciler:
             log.warning("reconciler sweep call failed: %s", exc)
             return
         result.sweep_calls += 1
-        self.sweep_calls += 1
         callbacks, oldest_on_page = _read_page(page.requests, now)
         for cb in callbacks:
             repoll = self._r.reconcile_repoll_seconds

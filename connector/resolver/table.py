@@ -70,7 +70,6 @@ class RequestTable:
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._assign_lock = asyncio.Lock()
-        self.bad_rows = 0
         # Set by the resolver: partitions whose callbacks are not all joined yet.
         self.lag_probe: Callable[[], Awaitable[set[int]]] | None = None
 
@@ -381,7 +380,6 @@ class RequestTable:
             try:
                 rows[request_id] = self._decode(request_id, value)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-                self.bad_rows += 1
                 log.warning("skipping unreadable hitl.requests row for %s", request_id)
 
     async def _run(self) -> None:

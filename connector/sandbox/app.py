@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
@@ -297,18 +297,14 @@ class Sandbox:
     async def list_requests(self, request: Request, caller: Caller) -> Response:
         q = request.query_params
         status, priority, loop_id = q.get("status"), q.get("priority"), q.get("loop_id")
-        sort = q.get("sort", "created_at_desc")
         if status is not None and status not in STATUSES:
             return invalid("status", f"status must be one of: {', '.join(STATUSES)}")
         if priority is not None and priority not in PRIORITIES:
             return invalid("priority", f"priority must be one of: {', '.join(PRIORITIES)}")
-        if sort not in SORTS:
-            return invalid("sort", f"sort must be one of: {', '.join(SORTS)}")
-        limit, offset = _int_param(q.get("limit"), 50), _int_param(q.get("offset"), 0)
-        if limit is None or not 1 <= limit <= 100:
-            return invalid("limit", "limit must be between 1 and 100")
-        if offset is None or offset < 0:
-            return invalid("offset", "offset must be a non-negative integer")
+        paging = _paging(q)
+        if isinstance(paging, Response):
+            return paging
+        sort, limit, offset = paging
         records = [
             r
             for r in self.state.by_key.get(caller.key_id, ())
@@ -393,14 +389,10 @@ class Sandbox:
         if "limit" in q or "offset" in q or "sort" in q:
             # Undocumented for this endpoint: honoured like GET requests' (a service that pages
             # costs the caller more calls than one that answers everything, so tests pay them).
-            sort = q.get("sort", "created_at_desc")
-            limit, offset = _int_param(q.get("limit"), 50), _int_param(q.get("offset"), 0)
-            if sort not in SORTS:
-                return invalid("sort", f"sort must be one of: {', '.join(SORTS)}")
-            if limit is None or not 1 <= limit <= 100:
-                return invalid("limit", "limit must be between 1 and 100")
-            if offset is None or offset < 0:
-                return invalid("offset", "offset must be a non-negative integer")
+            paging = _paging(q)
+            if isinstance(paging, Response):
+                return paging
+            sort, limit, offset = paging
             records = sort_requests(records, sort)[offset : offset + limit]
         page = [r.public() for r in records]
         data = {"loop_id": loop.id, "requests": page, "count": len(page)}
@@ -448,6 +440,19 @@ class Sandbox:
                 run = self.endpoint(method, template, style, handler)
                 routes.append(Route(prefix + path, run, methods=[method]))
         return routes
+
+
+def _paging(q: Mapping[str, str]) -> tuple[str, int, int] | Response:
+    """``sort``, ``limit`` and ``offset`` of a list call, or the 400 naming the bad one."""
+    sort = q.get("sort", "created_at_desc")
+    limit, offset = _int_param(q.get("limit"), 50), _int_param(q.get("offset"), 0)
+    if sort not in SORTS:
+        return invalid("sort", f"sort must be one of: {', '.join(SORTS)}")
+    if limit is None or not 1 <= limit <= 100:
+        return invalid("limit", "limit must be between 1 and 100")
+    if offset is None or offset < 0:
+        return invalid("offset", "offset must be a non-negative integer")
+    return sort, limit, offset
 
 
 def _int_param(raw: str | None, default: int) -> int | None:

@@ -17,17 +17,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from connector.gateway.server import bind_socket
 from connector.sandbox.admin import admin_routes
 from connector.sandbox.app import Clock, Sandbox, error
 from connector.sandbox.options import SandboxOptions
 from connector.sandbox.registry import webhook_routes
+from connector.serving import HttpServer
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -57,20 +56,6 @@ def create_app(options: SandboxOptions | None = None, clock: Clock = time.time) 
     return app
 
 
-def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        lifespan="on",
-        ws="none",
-        server_header=False,
-        timeout_keep_alive=30,
-    )
-
-
 class SandboxServer:
     """The sandbox on ``127.0.0.1:<port>`` in a background thread; ``with`` starts and stops."""
 
@@ -87,7 +72,7 @@ class SandboxServer:
         self.port = port
         self.app = create_app(self.options)
         self._log_level = log_level
-        self._server: uvicorn.Server | None = None
+        self._server: HttpServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -97,18 +82,9 @@ class SandboxServer:
     def start(self, timeout: float = 10.0) -> None:
         if self._thread is not None:
             return
-        sock = bind_socket(self.host, self.port)
-        self.port = sock.getsockname()[1]
-        server = uvicorn.Server(_config(self.app, self.host, self.port, self._log_level))
-        self._server = server
-
-        def run() -> None:
-            try:
-                server.run(sockets=[sock])  # its own event loop (uvloop when installed)
-            finally:
-                sock.close()
-
-        self._thread = threading.Thread(target=run, name=f"sandbox:{self.port}", daemon=True)
+        server = self._server = _server(self.app, self.host, self.port, self._log_level)
+        self.port = server.port
+        self._thread = threading.Thread(target=server.run, name=f"sandbox:{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not server.started:
@@ -119,7 +95,7 @@ class SandboxServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving and join the thread; safe to call twice."""
         if self._server is not None:
-            self._server.should_exit = True
+            self._server.exit_soon()
         if self._thread is not None:
             self._thread.join(timeout)
         self._server = self._thread = None
@@ -137,9 +113,15 @@ class SandboxServer:
         self.stop()
 
 
+def _server(app: Starlette, host: str, port: int, log_level: str) -> HttpServer:
+    return HttpServer(app, host, port, name="sandbox", log_level=log_level, keep_alive_seconds=30)
+
+
 def serve(options: SandboxOptions | None = None, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Run the sandbox in the foreground until interrupted (the CLI entry point)."""
-    uvicorn.Server(_config(create_app(options), host, port, "info")).run()
+    server = _server(create_app(options), host, port, "info")
+    print(f"sandbox serving on {server.url} (Ctrl-C to stop)", flush=True)
+    server.run(handle_signals=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -250,45 +232,7 @@ def _add_reviewer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> SandboxOptions:
-    return SandboxOptions(
-        api_keys=tuple(args.api_keys),
-        preset_loops=tuple(args.preset_loops),
-        loop_members=args.loop_members,
-        rate_limit_calls=args.rate_limit_calls,
-        rate_limit_window_seconds=args.rate_limit_window_seconds,
-        rate_limit_retry_after=args.rate_limit_retry_after,
-        refund_on_cancel=args.refund_on_cancel,
-        honour_idempotency_key=args.honour_idempotency_key and not args.ignore_idempotency,
-        kind_cancel_claimed=args.kind_cancel_claimed,
-        kind_timeout_response_data=args.kind_timeout_response_data,
-        latency_ms=args.latency_ms,
-        latency_max_ms=args.latency_max_ms,
-        error_rate=args.error_rate,
-        outage_seconds=args.outage_seconds,
-        outage_retry_after=args.outage_retry_after,
-        outage_retry_after_http_date=args.outage_retry_after_http_date,
-        reject_marker=args.reject_marker,
-        reject_msg=args.reject_msg,
-        ambiguous_marker=args.ambiguous_marker,
-        ambiguous_rate=args.ambiguous_rate,
-        ambiguous_answer=args.ambiguous_answer,
-        seed=args.seed,
-        auto_review=args.auto_review,
-        review_delay_min_ms=args.review_delay_min_ms,
-        review_delay_max_ms=args.review_delay_max_ms,
-        answer_mix=args.answer_mix,
-        claim_events=args.claim_events,
-        escalate_share=args.escalate_share,
-        response_data_style=args.response_data_style,
-        timeout_scale=args.timeout_scale,
-        webhook_payload_style=args.webhook_payload_style,
-        webhook_signature=args.webhook_signature,
-        webhook_secret=args.webhook_secret,
-        webhook_retry_scale=args.webhook_retry_scale,
-        webhook_timeout_seconds=args.webhook_timeout_seconds,
-        webhook_concurrency=args.webhook_concurrency,
-        webhook_drop_share=args.webhook_drop_share,
-        webhook_duplicate_share=args.webhook_duplicate_share,
-        webhook_reorder_share=args.webhook_reorder_share,
-        webhook_delay_ms=args.webhook_delay_ms,
-    )
+    """The options ``add_arguments`` parsed: each option's dest is its field's name."""
+    values = {k: v for k, v in vars(args).items() if k in SandboxOptions.model_fields}
+    values["honour_idempotency_key"] = args.honour_idempotency_key and not args.ignore_idempotency
+    return SandboxOptions(**values)

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from connector.config import Settings
+from connector.config import KafkaSettings
 from connector.kafka.admin import partition_ids
 from connector.kafka.clients import connection_kwargs, make_producer
 
@@ -187,17 +187,16 @@ def decode(value: bytes) -> tuple[str, JournalEntry]:
 class Journal:
     """Writes and reads the journal topic. ``start()`` before use; ``stop()`` twice is fine."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._s = settings
-        self._topic = settings.topics.journal
-        self._group = settings.kafka.group_id
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        self._kafka = kafka
+        self._topic = topic
+        self._group = kafka.group_id
         self._producer: Any = None
-        self._wait = 2 * settings.kafka.request_timeout_ms / 1000
-        self.unreadable = 0  # records reported as unreadable since start
+        self._wait = 2 * kafka.request_timeout_ms / 1000
 
     async def start(self) -> None:
         # No linger: every write is awaited (or raced) by the creates behind it.
-        kafka = self._s.kafka.model_copy(update={"producer_linger_ms": 0})
+        kafka = self._kafka.model_copy(update={"producer_linger_ms": 0})
         self._producer = make_producer(kafka, role="submitter-journal")
         await self._producer.start()
 
@@ -231,11 +230,13 @@ class Journal:
     async def _load(self, wanted: set[Coord], wait: float) -> dict[Coord, JournalEntry]:
         keys = {journal_key(self._group, t, p): (t, p) for t, p in wanted}
         consumer = AIOKafkaConsumer(
-            **connection_kwargs(self._s.kafka, role="submitter-journal"),
+            **connection_kwargs(self._kafka, role="submitter-journal"),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        tps = [TopicPartition(self._topic, p) for p in await partition_ids(self._s, self._topic)]
+        tps = [
+            TopicPartition(self._topic, p) for p in await partition_ids(self._kafka, self._topic)
+        ]
         if not tps:
             return {}
         await consumer.start()
@@ -271,7 +272,6 @@ class Journal:
                 raise JournalError("its value does not match its key")
             return entry
         except JournalError as exc:
-            self.unreadable += 1
             since = max(0.0, record.timestamp / 1000) if record.timestamp else 0.0
             log.warning(
                 "unreadable submit journal record %s-%d@%d (%s): every uncommitted record of "

@@ -32,13 +32,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import orjson
 
 from connector.errors import HitlPermanentError
+from connector.metrics import Metrics
+from connector.records import epoch
 from connector.submitter.journal import Coord, JournalEntry, Span
 
 log = logging.getLogger(__name__)
@@ -78,25 +79,6 @@ class Sought:
     ident: str
 
 
-@dataclass(slots=True)
-class SweepStats:
-    sweeps: int = 0
-    calls: int = 0
-    adopted: int = 0
-    reused: int = 0  # adopted from memory, no call
-    unreadable: int = 0
-    by_loop: dict[str, int] = field(default_factory=dict)
-
-
-def _epoch(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 class Recovery:
     """What may exist on HITL.sh already, and how to find it. One per submitter process."""
 
@@ -108,8 +90,10 @@ class Recovery:
         skew_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
         default_loop: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
+        self._recovered = metrics.recovered_requests if metrics is not None else None
         # Searched as soon as a dead process's spans are loaded (before any create), so a
         # partition whose records come late does not keep an old span open.
         self._default_loop = default_loop
@@ -122,7 +106,6 @@ class Recovery:
         self._ambiguous: dict[str, tuple[Coord, int, str]] = {}  # ident → coord, offset, loop
         self._newest: dict[str, str] = {}  # loop → a request id that exists by now
         self.loaded: set[Coord] = set()
-        self.stats = SweepStats()
 
     # --- bookkeeping -------------------------------------------------------------------------
 
@@ -288,11 +271,11 @@ class Recovery:
             adopted = self._known.get(s.ident)
             if adopted is not None:
                 found[s.ident] = adopted
-                self.stats.reused += 1
             elif self._suspect(s):
                 loops.add(s.loop_id)
         if self._default_loop and self._open_spans(self._default_loop):
             loops.add(self._default_loop)
+        self._count("reused", len(found))
         for loop_id in sorted(loops):
             await self._sweep(loop_id, deadline)
         for s in sought:
@@ -300,6 +283,10 @@ class Recovery:
             if adopted is not None and s.ident not in found:
                 found[s.ident] = adopted
         return found
+
+    def _count(self, outcome: str, n: int) -> None:
+        if self._recovered is not None and n:
+            self._recovered.labels(outcome).inc(n)
 
     async def _sweep(self, loop_id: str, deadline: float | None) -> None:
         """Search ``loop_id`` once for every open span of every partition and every
@@ -313,7 +300,6 @@ class Recovery:
         since = min((sp.since for _, sp in spans), default=self._clock())
         fences = {sp.fences.get(loop_id, "") for _, sp in spans}
         stop_at = since - self._skew
-        self.stats.sweeps += 1
         unreadable = adopted = 0
         seen: set[str] = set()
         if self._client is not None:
@@ -326,7 +312,6 @@ class Recovery:
                     # 403/404: the loop is not ours or gone; a create there fails the same way.
                     log.warning("lookup in loop %s refused (%s); creating instead", loop_id, exc)
                     break
-                self.stats.calls += 1
                 if page_no == 0 and page and isinstance(page[0].get("id"), str):
                     self._newest.setdefault(loop_id, page[0]["id"])
                 oldest = None
@@ -334,7 +319,7 @@ class Recovery:
                     request_id = item.get("id")
                     if isinstance(request_id, str):
                         seen.add(request_id)
-                    created = _epoch(item.get("created_at"))
+                    created = epoch(item.get("created_at"))
                     if created is not None:
                         oldest = created if oldest is None else min(oldest, created)
                     mine = self._ours(item)
@@ -367,7 +352,7 @@ class Recovery:
                     MAX_PAGES,
                 )
         if unreadable:
-            self.stats.unreadable += unreadable
+            self._count("unreadable", unreadable)
             log.warning(
                 "lookup in loop %s: %d request(s) whose context.connector cannot be read were "
                 "skipped (matched to no record)",
@@ -380,7 +365,7 @@ class Recovery:
                 self._dirty.add(coord)
         for ident in ambiguous:
             self._ambiguous.pop(ident, None)
-        self.stats.adopted += adopted
+        self._count("adopted", adopted)
         log.info(
             "lookup in loop %s: %d request(s) found for %d span(s) and %d ambiguous create(s)",
             loop_id,

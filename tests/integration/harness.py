@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
-from connector.config import Settings
+from connector.config import KafkaSettings, Settings
 from connector.kafka.admin import partition_ids
 
 API_KEY = "hitl_test_key"
@@ -127,7 +127,7 @@ class Snapshot:
 
 async def offsets(bootstrap: str, group: str, topic: str) -> Snapshot:
     """End offsets of ``topic`` and the group's committed offsets, per partition."""
-    parts = await partition_ids(Settings(kafka={"bootstrap_servers": bootstrap}), topic)
+    parts = await partition_ids(KafkaSettings(bootstrap_servers=bootstrap), topic)
     tps = [TopicPartition(topic, p) for p in parts]
     if not tps:
         return Snapshot({}, {})
@@ -158,7 +158,7 @@ async def offsets(bootstrap: str, group: str, topic: str) -> Snapshot:
 
 async def read_all(bootstrap: str, topic: str, *, timeout: float = 10.0) -> list[Any]:
     """Every committed record of ``topic`` (read_committed), up to the current end."""
-    parts = await partition_ids(Settings(kafka={"bootstrap_servers": bootstrap}), topic)
+    parts = await partition_ids(KafkaSettings(bootstrap_servers=bootstrap), topic)
     if not parts:
         return []
     consumer = AIOKafkaConsumer(

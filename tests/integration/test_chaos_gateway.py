@@ -285,7 +285,7 @@ class CallbackTail:
 
     async def start(self) -> None:
         topic = self._settings.topics.callbacks
-        parts = await partition_ids(self._settings, topic)
+        parts = await partition_ids(self._settings.kafka, topic)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka.bootstrap_servers,
             enable_auto_commit=False,

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from connector.kafka.checkpoint import Checkpoint, CheckpointError
 from connector.records import OutRecord
 from connector.sandbox import SandboxServer
-from tests.integration.harness import decision_settings
+from tests.integration.harness import counted, decision_settings
 from tests.integration.test_decision_path import reviewer, run_and_check
 
 pytestmark = pytest.mark.kafka
@@ -59,7 +59,7 @@ async def test_aborted_transactions_rewind_every_uncommitted_batch(
         app = await connector_apps(settings, "all")
         figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 600)
         assert app.submitter is not None
-        reused = app.submitter.recovery.stats.reused
+        reused = counted(app, "recovered_requests", outcome="reused")
     group = settings.kafka.group_id
     print(
         f"\ncommit-failures: aborted={dict(aborted)} calls={dict(calls)} "
@@ -102,7 +102,7 @@ async def test_fenced_producers_are_replaced_and_nothing_is_lost(
         figures = await run_and_check(kafka_bootstrap, sandbox, settings, app, 600)
         await fencer
         renewals = {name: role.checkpoint.renewals for name, role in roles.items()}
-        reused = app.submitter.recovery.stats.reused
+        reused = counted(app, "recovered_requests", outcome="reused")
     print(
         f"\nfenced: renewals={renewals} duplicate_requests={figures['duplicate_requests']} "
         f"extra_api_calls={figures['lookup_calls']} reused_without_a_call={reused} {figures}"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
 
-from connector.config import Settings
+from connector.config import KafkaSettings
 from connector.dlq import H_REPLAYED_FROM, ReplayFilter, replay
 from connector.records import SourceRef, dlq_record
 from tests.conftest import TopicFactory
@@ -62,10 +62,6 @@ async def _fill_dlq(bootstrap: str, dlq: str, source: str) -> None:
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-def _settings(bootstrap: str, dlq: str, target: str) -> Settings:
-    return Settings(kafka={"bootstrap_servers": bootstrap}, topics={"dlq": dlq, "input": target})
 
 
 def _cli(args: list[str], cfg: Path) -> subprocess.CompletedProcess[str]:
@@ -118,7 +114,8 @@ async def test_replay_by_reason_and_time_keeps_bytes_and_marks_the_origin(
         since_ms=NOW_MS - 5 * HOUR_MS,
         until_ms=NOW_MS + 1000,
     )
-    summary = await replay(_settings(kafka_bootstrap, dlq, target), flt, out=out)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    summary = await replay(kafka, flt, source=dlq, to=target, out=out)
     assert summary.sent == 3 and summary.by_reason == {"schema": 2, "invalid_json": 1}
     assert out.getvalue() == ""  # a real run lists nothing; the CLI prints the summary
 

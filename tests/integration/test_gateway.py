@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connector.config import GatewaySettings, Settings
-from connector.gateway.app import GatewayApp, GatewayConfig
-from connector.gateway.server import GatewayServer
+from connector.gateway.app import GatewayApp, GatewayConfig, gateway_server
 from connector.gateway.sink import KafkaCallbackSink
 from connector.hitl.signing import sign
 from connector.hitl.tokens import make_callback_token
 from connector.kafka.admin import ensure_topics
 from connector.metrics import Metrics
+from connector.serving import HttpServer
 from tests.integration.harness import read_all, run_settings
 
 pytestmark = pytest.mark.kafka
@@ -38,8 +38,8 @@ LIMIT = 64 * 1024
 
 def outcome(app: GatewayApp, name: str) -> int:
     """A webhook outcome's count, from the app's Prometheus registry."""
-    assert app.stats.metrics is not None
-    registry = app.stats.metrics.registry
+    assert app.metrics is not None
+    registry = app.metrics.registry
     value = registry.get_sample_value("hitl_connector_webhooks_received_total", {"outcome": name})
     return int(value or 0)
 
@@ -50,7 +50,7 @@ class Running:
     settings: Settings
     app: GatewayApp
     stop: Any
-    server: GatewayServer
+    server: HttpServer
 
 
 def start_gateway(
@@ -78,7 +78,7 @@ def start_gateway(
                 mode, SECRETS, (TOKEN_SECRET,), LIMIT, limits.body_timeout_seconds
             )
             app = GatewayApp(config, sink, metrics=Metrics())
-            server = GatewayServer(app, limits)
+            server = gateway_server(app, limits)
             await server.start()
             box.update(app=app, url=server.url, server=server, done=asyncio.Event())
             ready.set()

@@ -68,9 +68,9 @@ def app_with(**config: Any) -> tuple[GatewayApp, RecordingSink]:
 
 def outcomes(app: GatewayApp) -> dict[str, int]:
     """Webhook outcomes from the app's Prometheus registry."""
-    assert app.stats.metrics is not None
+    assert app.metrics is not None
     out: dict[str, int] = {}
-    for metric in app.stats.metrics.registry.collect():
+    for metric in app.metrics.registry.collect():
         if metric.name == "hitl_connector_webhooks_received":
             for sample in metric.samples:
                 if sample.name.endswith("_total") and sample.value:

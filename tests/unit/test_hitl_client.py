@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from httpx_aiohttp import AiohttpTransport
 
 from connector.config import HitlSettings
 from connector.errors import HitlAmbiguousError, HitlPermanentError, HitlUnavailableError
@@ -732,8 +733,9 @@ async def test_default_pool_is_httpx_with_env_proxies_and_settings_limits(
         assert "Bearer" in http.headers["Authorization"]
         proxied = http._transport_for_url(httpx.URL("https://api.hitl.sh/v1/test"))
         direct = http._transport_for_url(httpx.URL("https://internal.example/v1/test"))
-        assert proxied is not direct
-        assert isinstance(proxied, httpx.AsyncHTTPTransport)
+        assert isinstance(proxied, AiohttpTransport) and isinstance(direct, AiohttpTransport)
+        assert proxied.proxy is not None and str(proxied.proxy.url) == "http://127.0.0.1:3128"
+        assert direct.proxy is None
 
 
 def test_idempotency_key_with_line_breaks_is_refused_before_sending() -> None:

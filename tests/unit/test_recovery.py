@@ -12,6 +12,7 @@ import pytest
 
 from connector.config import Settings
 from connector.errors import HitlAmbiguousError
+from connector.metrics import Metrics
 from connector.submitter.batch import BatchProcessor, BatchStats
 from connector.submitter.journal import (
     MAX_ADOPTED,
@@ -94,13 +95,27 @@ def sought(offset: int, loop: str = "L1") -> Sought:
     return Sought(("in", 0), offset, loop, source_identity(GROUP, "in", 0, offset, TS))
 
 
-def crashed(hitl: FakeHitl, first: int, end: int, since: float, fence: str | None) -> Recovery:
+def crashed(
+    hitl: FakeHitl,
+    first: int,
+    end: int,
+    since: float,
+    fence: str | None,
+    metrics: Metrics | None = None,
+) -> Recovery:
     """A new process that read a journal entry left by a dead one."""
-    recovery = Recovery(hitl, GROUP, skew_seconds=1.0, clock=lambda: hitl.now)
+    recovery = Recovery(hitl, GROUP, skew_seconds=1.0, clock=lambda: hitl.now, metrics=metrics)
     fences = {"L1": fence} if fence else {}
     entry = JournalEntry("in", 0, [Span(first, end, since, fences)])
     recovery.load({("in", 0): entry}, [("in", 0)])
     return recovery
+
+
+def recovered(metrics: Metrics, outcome: str) -> float:
+    """``recovered_requests_total{outcome}`` from the registry."""
+    labels = {"outcome": outcome}
+    value = metrics.registry.get_sample_value("hitl_connector_recovered_requests_total", labels)
+    return value or 0.0
 
 
 def test_identity_is_scoped_to_group_and_record_and_header_safe() -> None:
@@ -189,15 +204,18 @@ async def test_contexts_that_cannot_be_read_are_counted_and_skipped() -> None:
     hitl.add(None, context={"connector": forged})
     hitl.add(7, group="other-deployment")  # another pipeline's request for the same record
     hitl.add(None, context=None)  # not created by a connector at all
-    recovery = crashed(hitl, 0, 10, T0 - 100, None)
+    metrics = Metrics()
+    recovery = crashed(hitl, 0, 10, T0 - 100, None, metrics)
     found = await recovery.resolve([sought(7)])
-    assert found == {} and recovery.stats.unreadable == 4
+    assert found == {} and recovered(metrics, "unreadable") == 4
 
 
 async def test_ambiguous_create_is_looked_up_not_repeated() -> None:
     hitl = FakeHitl()
     settings = Settings(loops={"default": "L1"}, kafka={"group_id": GROUP})  # type: ignore[arg-type]
-    processor = BatchProcessor(settings, hitl, clock=lambda: hitl.now)  # type: ignore[arg-type]
+    metrics = Metrics()
+    recovery = Recovery(hitl, GROUP, clock=lambda: hitl.now, default_loop="L1", metrics=metrics)
+    processor = BatchProcessor(settings, hitl, clock=lambda: hitl.now, recovery=recovery)  # type: ignore[arg-type]
     hitl.ambiguous_for.add(source_identity(GROUP, "in", 0, 1, TS))
     records = [Rec(o, orjson.dumps({"id": f"e{o}", "content": "x"})) for o in range(3)]
     plan = (await processor.process({"tp": records}, BatchStats()))["tp"]
@@ -208,7 +226,7 @@ async def test_ambiguous_create_is_looked_up_not_repeated() -> None:
     assert len(hitl.creates) == 3 and hitl.list_calls == 1  # 1 found, 2 reused from memory
     rows = [orjson.loads(r.value or b"") for r in again.outputs]
     assert [r["request_id"] for r in rows] == ["r1", "r2"]
-    assert processor.recovery.stats.reused == 1
+    assert recovered(metrics, "reused") == 1 and recovered(metrics, "adopted") == 1
 
 
 async def test_journal_failure_sends_nothing() -> None:

@@ -1,12 +1,14 @@
-"""Serving the gateway's ASGI app with uvicorn (httptools) inside the connector's event loop.
+"""Serving an ASGI app with uvicorn (httptools): the gateway inside the connector's event loop,
+the sandbox in a thread of its own or in the foreground.
 
-uvicorn normally installs its own signal handlers; here the app owns signals and the shutdown
-order, so the server is started and stopped like any other component. Its limits come from
-``GatewaySettings``: concurrency (503 beyond), keep-alive. uvicorn's httptools protocol has no
+``HttpServer`` binds its socket at construction (port 0 picks a free one; ``port`` is then
+known before it serves). In the connector (``start``/``stop``) the app owns signals and the
+shutdown order, so uvicorn installs no handlers; ``run`` (the sandbox) serves on its own loop,
+with uvicorn's handlers when it runs in the main thread. uvicorn's httptools protocol has no
 bound on a request's head, so ``_Protocol`` adds one: the head must arrive within
-``header_timeout_seconds`` (a new connection that sends nothing counts, which also closes
-idle connections) and within ``max_header_bytes`` (else 431). The body's deadline is the
-app's (``GatewayApp``): it holds the task that reads it.
+``head_timeout`` (a new connection that sends nothing counts, which also closes idle
+connections) and within ``max_head_bytes`` (else 431). A body's deadline is the app's
+(``GatewayApp``): it holds the task that reads it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-from connector.config import GatewaySettings
-from connector.gateway.app import GatewayApp
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +102,6 @@ class _Protocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def _protocol(settings: GatewaySettings) -> type[_Protocol]:
-    limits: dict[str, Any] = {
-        "head_timeout": settings.header_timeout_seconds,
-        "max_head_bytes": settings.max_header_bytes,
-    }
-    return type("GatewayHttpProtocol", (_Protocol,), limits)
-
-
 def bind_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` (0 picks a free port), for uvicorn to serve on.
 
@@ -128,32 +119,52 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
+    """uvicorn's server, without its signal handlers when the caller owns signals."""
+
+    handle_signals = False
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        yield  # the connector app handles SIGTERM/SIGINT
+        if self.handle_signals:
+            with super().capture_signals():
+                yield
+        else:
+            yield
 
 
-class GatewayServer:
-    """Serves ``app`` on ``host:port`` (port 0 picks a free one); ``stop`` drains requests."""
+class HttpServer:
+    """Serves ``app`` on ``host:port`` with the given limits; ``stop`` drains requests."""
 
-    def __init__(self, app: GatewayApp, settings: GatewaySettings) -> None:
-        self.app = app
-        self.host = settings.host
-        self._sock = bind_socket(settings.host, settings.port)
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        name: str = "http",
+        log_level: str = "warning",
+        limit_concurrency: int | None = None,
+        keep_alive_seconds: float = 5.0,
+        head_timeout: float = 10.0,
+        max_head_bytes: int = 16_384,
+    ) -> None:
+        self.host, self.name = host, name
+        self._sock = bind_socket(host, port)
         self.port = int(self._sock.getsockname()[1])
+        limits = {"head_timeout": head_timeout, "max_head_bytes": max_head_bytes}
         config = uvicorn.Config(
             app,
-            log_level="warning",
+            log_level=log_level,
             access_log=False,
             lifespan="on",
-            http=_protocol(settings),
+            http=type(f"{name.title()}HttpProtocol", (_Protocol,), limits),
             ws="none",
-            # The event loop is the connector's (uvloop, installed by the CLI). No proxy-header
+            # The event loop is the caller's (uvloop, installed by the CLI). No proxy-header
             # middleware (nothing here uses the client address) and no Server header.
             proxy_headers=False,
             server_header=False,
-            limit_concurrency=settings.limit_concurrency,
-            timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
+            limit_concurrency=limit_concurrency,
+            timeout_keep_alive=keep_alive_seconds,  # type: ignore[arg-type]
             timeout_graceful_shutdown=10,
         )
         self._server = _Server(config)
@@ -165,18 +176,23 @@ class GatewayServer:
         return f"http://{host}:{self.port}"
 
     @property
+    def started(self) -> bool:
+        return bool(self._server.started)
+
+    @property
     def load(self) -> tuple[int, int]:
         """Open connections and requests in progress, as uvicorn counts them for its limit."""
         state = self._server.server_state
         return len(state.connections), len(state.tasks)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name="gateway")
+        """Serve on the running loop until ``stop``."""
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name=self.name)
         while not self._server.started:
             if self._task.done():
                 self._task.result()
             await asyncio.sleep(0.01)
-        log.info("gateway listening on %s:%d", self.host, self.port)
+        log.info("%s listening on %s:%d", self.name, self.host, self.port)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -185,3 +201,15 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._sock.close()  # bound in __init__: release it even if start() never ran
+
+    def run(self, *, handle_signals: bool = False) -> None:
+        """Serve on a new event loop until ``exit_soon`` (or, with ``handle_signals``, Ctrl-C)."""
+        self._server.handle_signals = handle_signals
+        try:
+            self._server.run(sockets=[self._sock])
+        finally:
+            self._sock.close()
+
+    def exit_soon(self) -> None:
+        """Ask ``run`` to finish its requests and return (from any thread)."""
+        self._server.should_exit = True
