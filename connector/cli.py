@@ -53,12 +53,12 @@ def _run_async(coro: object) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from connector.app import run_app
+    from connector.app import run_app, tune_gc
     from connector.logs import setup_logging
 
     settings = _settings(args)
     setup_logging(settings.log.level, settings.log.format)
-    return _run_async(run_app(settings, args.role))
+    return _run_async(run_app(settings, args.role, on_started=tune_gc))
 
 
 async def _check_live(settings: Settings) -> list[str]:

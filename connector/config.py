@@ -63,7 +63,14 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(default=20_000, ge=6_000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     producer_linger_ms: int = Field(default=5, ge=0, le=1_000)
-    producer_max_batch_bytes: int = Field(default=262_144, ge=16_384)
+    producer_max_batch_bytes: int = Field(
+        default=1_000_000,
+        ge=16_384,
+        description="Largest producer record batch per partition. A transaction sends at most "
+        "one batch per partition per request (aiokafka), so batches this large let a commit "
+        "interval's records leave in one round trip. Keep it below the topics' "
+        "max.message.bytes (broker default 1,048,588).",
+    )
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
 
     @model_validator(mode="after")
