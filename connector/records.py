@@ -47,8 +47,12 @@ _JSON: Final = b"application/json"
 
 
 def dumps(value: Any) -> bytes:
-    """Serialize a record value (orjson; non-str dict keys allowed)."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    """Serialize a record value (orjson; non-str dict keys allowed, at a cost only then:
+    ``OPT_NON_STR_KEYS`` makes every call about twice as slow)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError: a non-str key (or a type it cannot write)
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 _seconds: dict[int, str] = {}  # epoch second → "YYYY-MM-DDTHH:MM:SS" (a few recent ones)

@@ -50,7 +50,7 @@ from connector.response_types import sent_options
 from connector.submitter.events import ContentEvent, InvalidEvent, parse_event
 from connector.submitter.journal import JournalEntry
 from connector.submitter.recovery import Adopted, Recovery, Sought
-from connector.submitter.routing import choose_loop, decide_by_policy
+from connector.submitter.routing import Policy, choose_loop
 from connector.submitter.translate import build_create_body, response_config
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ class BatchProcessor:
         self._response_config = response_config(settings.review)
         # The options as sent in response_config: answers are matched against these.
         self._options = sent_options(self._response_config)
+        self._decide = Policy(settings.policy).decide
 
     def _dlq(
         self,
@@ -200,7 +201,7 @@ class BatchProcessor:
     ) -> Outcome | None:
         """The policy's decision record, or None when a person decides. ``now`` (epoch) and
         ``at`` (its ISO form) are the batch's: formatting them once per batch, not per event."""
-        decided = decide_by_policy(event, self._s.policy)
+        decided = self._decide(event)
         if decided is None:
             return None
         ts = rec.timestamp
