@@ -45,6 +45,7 @@ class Staged:
     offsets: Mapping[TopicPartition, int]
     rewind: Mapping[TopicPartition, int]  # the batch's first offset per partition
     meta: Any = None  # the role's own bookkeeping, handed back when committed
+    size: int = 0  # bytes of input the batch holds (bounds what waits for a commit)
 
 
 @dataclass(slots=True)
@@ -67,7 +68,8 @@ class Failure:
 
 
 class CommitPipeline:
-    """Commits staged batches in order in one background task, at most ``max_staged`` waiting."""
+    """Commits staged batches in order in one background task; at most ``max_staged`` batches
+    and ``max_staged_bytes`` of input wait (back-pressure beyond)."""
 
     def __init__(
         self,
@@ -75,11 +77,14 @@ class CommitPipeline:
         *,
         on_committed: Callable[[list[Staged]], None],
         max_staged: int = 4,
+        max_staged_bytes: int = 1 << 62,
         commit_interval: float = 0.0,
     ) -> None:
         self._checkpoint = checkpoint
         self._on_committed = on_committed
         self._max_staged = max_staged
+        self._max_bytes = max_staged_bytes
+        self._staged_bytes = 0
         self._interval = commit_interval
         self._last_start = float("-inf")  # loop time the last transaction started
         self._now = asyncio.Event()  # cut the interval short: staged is full, or a flush
@@ -115,7 +120,8 @@ class CommitPipeline:
         """Queue a batch for the next transaction (the role takes any failure first)."""
         assert self._failure is None, "take_failure() before staging more"
         self._staged.append(staged)
-        if len(self._staged) >= self._max_staged:
+        self._staged_bytes += staged.size
+        if self._full:
             self._now.set()
         self._wakeup.set()
 
@@ -124,12 +130,12 @@ class CommitPipeline:
         failure, self._failure = self._failure, None
         if failure is not None:
             failure.batches.extend(self._staged)
-            self._staged = []
+            self._staged, self._staged_bytes = [], 0
         return failure
 
     async def wait_room(self) -> None:
-        """Back-pressure: return once fewer than ``max_staged`` batches wait."""
-        while len(self._staged) >= self._max_staged and self._failure is None:
+        """Back-pressure: return once fewer than ``max_staged`` batches (and bytes) wait."""
+        while self._full and self._failure is None:
             await self._wait_change()
 
     async def flush(self) -> Failure | None:
@@ -164,11 +170,15 @@ class CommitPipeline:
         if task is not None and task.done() and not task.cancelled():
             task.result()
 
+    @property
+    def _full(self) -> bool:
+        return len(self._staged) >= self._max_staged or self._staged_bytes >= self._max_bytes
+
     async def _hold(self) -> None:
         """Wait out the rest of the commit interval (unless cut short)."""
         loop = asyncio.get_running_loop()
         delay = self._last_start + self._interval - loop.time()
-        if delay > 0 and not self._flushing and len(self._staged) < self._max_staged:
+        if delay > 0 and not self._flushing and not self._full:
             self._now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), delay)
@@ -181,7 +191,7 @@ class CommitPipeline:
             while self._staged and self._failure is None:
                 if self._interval > 0:
                     await self._hold()
-                group, self._staged = self._staged, []
+                group, self._staged, self._staged_bytes = self._staged, [], 0
                 self._in_flight = group
                 try:
                     await self._commit(group)

@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 Batch = dict[TopicPartition, list[Any]]
 MAX_CONSECUTIVE_CHECKPOINT_FAILURES = 5
 DEFAULT_PAUSE_SECONDS = 5.0
-# Batches processed ahead of the commit (back-pressure beyond): enough for a commit interval
-# at the policy path's full rate (50k events/s x 100 ms = 10 batches of 500).
-MAX_STAGED_BATCHES = 16
+# What may wait for the commit (back-pressure beyond): room for a commit interval at the
+# policy path's full rate (60k events/s x 100 ms = 12 batches of 500), memory bounded by bytes.
+MAX_STAGED_BATCHES = 32
+MAX_STAGED_BYTES = 64 * 1024 * 1024
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -167,6 +168,7 @@ class TransactionalRole:
             self._checkpoint,
             on_committed=self._committed,
             max_staged=MAX_STAGED_BATCHES,
+            max_staged_bytes=MAX_STAGED_BYTES,
             commit_interval=self._commit_interval,
         )
         self._pipeline.start()
@@ -344,7 +346,8 @@ def staged(
     """A processed batch for the pipeline: ``meta`` is handed to ``_count`` once committed."""
     rewind = {tp: records[0].offset for tp, records in batch.items()}
     fetched = sum(len(r) for r in batch.values())
-    return Staged(outputs, offsets, rewind, (meta, fetched, started))
+    size = sum(len(r.value) for records in batch.values() for r in records if r.value)
+    return Staged(outputs, offsets, rewind, (meta, fetched, started), size)
 
 
 async def drain(role: TransactionalRole, task: asyncio.Task[None], deadline: float) -> None:

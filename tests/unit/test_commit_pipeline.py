@@ -162,3 +162,25 @@ async def test_a_flush_or_a_full_queue_cuts_the_commit_interval_short() -> None:
     await asyncio.sleep(0.01)
     assert committed == ["a", "b", "c", "d"]
     await pipeline.stop()
+
+
+async def test_wait_room_also_bounds_the_bytes_waiting() -> None:
+    fake = FakeCheckpoint()
+    pipeline = CommitPipeline(
+        cast(Checkpoint, fake), on_committed=lambda group: None, max_staged_bytes=100
+    )
+    pipeline.start()
+    first = staged("a", {TP0: 1}, {TP0: 0})
+    pipeline.stage(first)
+    await fake.started.wait()
+    pipeline.stage(Staged(first.outputs, {TP0: 2}, {TP0: 1}, meta="b", size=60))
+    await asyncio.wait_for(pipeline.wait_room(), 1)  # 60 of 100 bytes wait
+    pipeline.stage(Staged(first.outputs, {TP0: 3}, {TP0: 2}, meta="c", size=60))
+    room = asyncio.ensure_future(pipeline.wait_room())
+    await asyncio.sleep(0.01)
+    assert not room.done()  # 120 bytes wait: the role is held back
+    fake.gate.set()
+    await asyncio.wait_for(room, 1)
+    fake.gate.set()
+    assert await pipeline.flush() is None
+    await pipeline.stop()
