@@ -93,7 +93,7 @@ class CommitPipeline:
         self._in_flight: list[Staged] = []
         self._failure: Failure | None = None
         self._wakeup = asyncio.Event()
-        self._changed = asyncio.Event()  # set whenever a transaction ends
+        self._changed = asyncio.Event()  # set when a transaction starts (room) and ends
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -193,6 +193,7 @@ class CommitPipeline:
                     await self._hold()
                 group, self._staged, self._staged_bytes = self._staged, [], 0
                 self._in_flight = group
+                self._changed.set()  # room again: a role held back by wait_room goes on now
                 try:
                     await self._commit(group)
                 except CheckpointError as exc:

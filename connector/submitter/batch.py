@@ -383,11 +383,14 @@ class BatchProcessor:
         self.recovery.forget(coords)
 
     def _write_ahead(
-        self, batch: dict[Any, list[InputRecord]], plans: dict[Any, PartitionPlan]
+        self, batch: dict[Any, list[InputRecord]], plans: dict[Any, PartitionPlan], created: bool
     ) -> None:
-        """This batch's creates are over; journal where the next batch will likely start."""
+        """This batch's creates are over; when it had any, journal where the next batch will
+        likely start (a batch the policy decided whole writes nothing: were a journal record
+        written per batch, the policy path would pay a Kafka write per 500 events for creates
+        that mostly never come; the first create after it waits for its journal write)."""
         self.recovery.settle_all()
-        if self._journal is None:
+        if self._journal is None or not created:
             return
         size = self._s.batch.max_records
         ranges: dict[tuple[str, int], tuple[int, int]] = {}
@@ -416,6 +419,7 @@ class BatchProcessor:
             if isinstance(o, _Pending)
         ]
         results: dict[tuple[Any, int], Outcome] = {}
+        created = bool(pending)
         if pending:
             pending = await self._prepare(pending, results, deadline)
         if pending:
@@ -426,7 +430,7 @@ class BatchProcessor:
                 results[(tp, i)] if isinstance(o, _Pending) else o for i, o in enumerate(outcomes)
             ]
             plans[tp] = self._plan(batch[tp], final, stats)
-        self._write_ahead(batch, plans)
+        self._write_ahead(batch, plans, created)
         return plans
 
     async def _create_all(
