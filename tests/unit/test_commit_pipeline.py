@@ -184,3 +184,27 @@ async def test_wait_room_also_bounds_the_bytes_waiting() -> None:
     fake.gate.set()
     assert await pipeline.flush() is None
     await pipeline.stop()
+
+
+async def test_room_opens_when_a_transaction_takes_the_staged_batches() -> None:
+    pipeline, fake, committed = make(max_staged=2, interval=30.0)
+    fake.gate.set()
+    pipeline.stage(staged("a", {TP0: 1}, {TP0: 0}))  # the first transaction starts at once
+    await asyncio.wait_for(fake.started.wait(), 1)
+    await asyncio.sleep(0.01)
+    fake.started.clear()
+    pipeline.stage(staged("b", {TP0: 2}, {TP0: 1}))  # held: the interval runs
+
+    async def role() -> None:  # as the role loop does: stage, then wait for room at once
+        pipeline.stage(staged("c", {TP0: 3}, {TP0: 2}))  # full: the interval is cut short
+        await pipeline.wait_room()
+
+    room = asyncio.ensure_future(role())
+    await asyncio.wait_for(fake.started.wait(), 1)  # "b" and "c" are in flight, not done
+    # The role goes on while they commit (it used to wait for the transaction's end).
+    await asyncio.wait_for(room, 1)
+    assert committed == ["a"] and not pipeline.idle
+    fake.gate.set()
+    assert await pipeline.flush() is None
+    assert committed == ["a", "b", "c"]
+    await pipeline.stop()
