@@ -241,11 +241,6 @@ class TransactionalRole:
             batch = await self._fetch()
             if batch or self._has_work():
                 await self._handle(batch)
-                # A batch the policy decides whole awaits nothing that suspends (the fetch
-                # returns buffered records): without this, the role would run batch after
-                # batch until wait_room holds it, and the transaction in flight would not
-                # get its turn to go on.
-                await asyncio.sleep(0)
         await self.settle()
 
     async def settle(self) -> bool:
