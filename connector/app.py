@@ -157,6 +157,7 @@ class ConnectorApp:
                 journal,
                 blocked_until=self.client.blocked_until,
                 metrics=self.metrics,
+                cooperative=len(self.roles) > 1,  # others share the event loop
             )
         if "resolver" in self.roles:
             self.resolver = Resolver(

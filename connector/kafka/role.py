@@ -8,6 +8,12 @@ the role's ``_process`` turns the batch into one ``Staged`` (outputs + offsets) 
 listener takes the same lock and settles the pipeline, so a partition never moves between
 its processing and its commit.
 
+A batch the policy decides whole suspends nowhere (the fetch returns buffered records), so a
+role runs batch after batch until ``wait_room`` holds it, while the transaction in flight
+waits for its turn: that keeps transactions large (8-9 µs CPU per event instead of 11-12 when
+yielding per batch). A ``cooperative`` role yields after each batch instead, for when other
+roles (the gateway's HTTP server, the resolver) share its event loop (``--role all``).
+
 A role supplies only: ``_process`` (a batch → staged outputs), ``_rewind`` (how a failed
 batch is read again), ``_count`` (metrics of a committed batch), and optionally
 ``_on_assigned``, ``_forget``, ``_release``, ``_after_failed_settle``, ``_start_more`` and
@@ -96,6 +102,7 @@ class TransactionalRole:
         fetch_max_bytes: int | None = None,
         linger_ms: int = 0,
         commit_interval_ms: int = 0,
+        cooperative: bool = False,
     ) -> None:
         self._role = role
         self._kafka = kafka
@@ -106,6 +113,7 @@ class TransactionalRole:
         self._fetch_max_bytes = fetch_max_bytes
         self._linger_ms = linger_ms
         self._commit_interval = commit_interval_ms / 1000
+        self._cooperative = cooperative
         self._failures = 0  # failed transactions in a row
         self._consumer: AIOKafkaConsumer | None = None
         self._checkpoint: Checkpoint | None = None
@@ -241,6 +249,8 @@ class TransactionalRole:
             batch = await self._fetch()
             if batch or self._has_work():
                 await self._handle(batch)
+                if self._cooperative:
+                    await asyncio.sleep(0)
         await self.settle()
 
     async def settle(self) -> bool:

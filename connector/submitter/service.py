@@ -42,6 +42,7 @@ class Submitter(TransactionalRole):
         *,
         blocked_until: Callable[[], float | None] | None = None,
         metrics: Metrics | None = None,
+        cooperative: bool = False,
     ) -> None:
         super().__init__(
             "submitter",
@@ -53,6 +54,7 @@ class Submitter(TransactionalRole):
             fetch_max_bytes=batch.max_bytes,
             linger_ms=batch.linger_ms,
             commit_interval_ms=batch.commit_interval_ms,
+            cooperative=cooperative,
         )
         self._processor = processor
         self.journal = journal
