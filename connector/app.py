@@ -143,10 +143,15 @@ class ConnectorApp:
                 metrics=self.metrics,
             )
             processor = BatchProcessor(
-                settings,
                 self.client,
+                recovery,
+                batch=settings.batch,
+                hitl=settings.hitl,
+                loops=settings.loops,
+                review=settings.review,
+                policy=settings.policy,
+                topics=settings.topics,
                 callback_url_for=callback_url_for,
-                recovery=recovery,
                 journal=journal if settings.batch.journal else None,
             )
             self.submitter = Submitter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -25,3 +26,29 @@ def create_body(**changes: Any) -> dict[str, Any]:
     }
     base.update(changes)
     return base
+
+
+def make_processor(settings: Any, client: Any, **kw: Any) -> Any:
+    """A ``BatchProcessor`` wired from whole ``Settings`` as the app wires it (tests only):
+    its ``Recovery`` looks requests up through ``client`` when it can list them."""
+    from connector.submitter.batch import BatchProcessor
+    from connector.submitter.recovery import Recovery
+
+    recovery = kw.pop("recovery", None) or Recovery(
+        client if hasattr(client, "list_loop_requests") else None,
+        settings.kafka.group_id,
+        skew_seconds=settings.batch.lookup_skew_seconds,
+        clock=kw.get("clock", time.time),
+        default_loop=settings.loops.default,
+    )
+    return BatchProcessor(
+        client,
+        recovery,
+        batch=settings.batch,
+        hitl=settings.hitl,
+        loops=settings.loops,
+        review=settings.review,
+        policy=settings.policy,
+        topics=settings.topics,
+        **kw,
+    )

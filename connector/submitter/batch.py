@@ -29,7 +29,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connector.config import Settings
+from connector.config import (
+    BatchSettings,
+    HitlSettings,
+    LoopSettings,
+    PolicySettings,
+    ReviewSettings,
+    TopicSettings,
+)
 from connector.errors import HitlAmbiguousError, HitlPermanentError, HitlRetriableError
 from connector.records import (
     H_TRACEPARENT,
@@ -134,25 +141,28 @@ class BatchProcessor:
 
     def __init__(
         self,
-        settings: Settings,
         client: CreateClient,
+        recovery: Recovery,
         *,
+        batch: BatchSettings,
+        hitl: HitlSettings,
+        loops: LoopSettings,
+        review: ReviewSettings,
+        policy: PolicySettings,
+        topics: TopicSettings,
         callback_url_for: Callable[[str], str | None] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        recovery: Recovery | None = None,
         journal: JournalWriter | None = None,
     ) -> None:
-        self._s = settings
         self._client = client
-        lookups = client if hasattr(client, "list_loop_requests") else None
-        self.recovery = recovery or Recovery(
-            lookups,  # type: ignore[arg-type]
-            settings.kafka.group_id,
-            skew_seconds=settings.batch.lookup_skew_seconds,
-            clock=clock,
-            default_loop=settings.loops.default,
-        )
+        self.recovery = recovery
+        self._batch = batch
+        self._max_in_flight = hitl.max_in_flight
+        self._platform_version = hitl.platform_version
+        self._loops = loops
+        self._review = review
+        self._topics = topics
         self._journal = journal
         # The journal write for the next batch's likely offsets, started when the previous
         # batch ended: usually acknowledged before the next creates are ready to leave.
@@ -161,10 +171,10 @@ class BatchProcessor:
         self._clock = clock
         self._monotonic = monotonic
         # Per-settings pieces of every body and request row, built once instead of per event.
-        self._response_config = response_config(settings.review)
+        self._response_config = response_config(review)
         # The options as sent in response_config: answers are matched against these.
         self._options = sent_options(self._response_config)
-        self._decide = Policy(settings.policy).decide
+        self._decide = Policy(policy).decide
 
     def _dlq(
         self,
@@ -185,14 +195,14 @@ class BatchProcessor:
             },
         )
         out = dlq_record(
-            self._s.topics.dlq,
+            self._topics.dlq,
             key=rec.key,
             value=rec.value,
             source=source,
             reason=reason,
             detail=detail,
             original_headers=rec.headers,
-            max_value_bytes=self._s.batch.dlq_max_value_bytes,
+            max_value_bytes=self._batch.dlq_max_value_bytes,
         )
         return Outcome("dlq", [out], reason=reason)
 
@@ -226,7 +236,7 @@ class BatchProcessor:
             traceparent=find_header(rec.headers, H_TRACEPARENT) if rec.headers else None,
         )
         key = rec.key if rec.key is not None else event.event_id.encode()
-        out = OutRecord(self._s.topics.output, key, dumps(value), headers)
+        out = OutRecord(self._topics.output, key, dumps(value), headers)
         return Outcome("policy", [out], decided.decision)
 
     def classify(
@@ -239,13 +249,13 @@ class BatchProcessor:
             at = iso_now(now)
         source = SourceRef(rec.topic, rec.partition, rec.offset, rec.timestamp)
         try:
-            event = parse_event(rec.value, rec.key, source, max_bytes=self._s.batch.max_event_bytes)
+            event = parse_event(rec.value, rec.key, source, max_bytes=self._batch.max_event_bytes)
         except InvalidEvent as exc:
             return self._dlq(rec, source, exc.reason, exc.detail)
         decided = self._policy(rec, source, event, now, at)
         if decided is not None:
             return decided
-        loop_id = choose_loop(event, self._s.loops)
+        loop_id = choose_loop(event, self._loops)
         if loop_id is None:
             return self._dlq(
                 rec,
@@ -256,10 +266,10 @@ class BatchProcessor:
             )
         built = build_create_body(
             event,
-            self._s.review,
+            self._review,
             source,
             callback_url=self._callback_url_for(event.event_id),
-            platform_version=self._s.hitl.platform_version,
+            platform_version=self._platform_version,
             response_cfg=self._response_config,
         )
         coord = (rec.topic, rec.partition)
@@ -307,15 +317,15 @@ class BatchProcessor:
             key=p.record.key,
             loop_id=p.loop_id,
             source=p.source,
-            response_type=self._s.review.response_type,
+            response_type=self._review.response_type,
             options=self._options,
-            default_response=self._s.review.default_response,
+            default_response=self._review.default_response,
             timeout_at=adopted.timeout_at,
             submitted_at=iso_now(self._clock()),
             traceparent=_text(find_header(p.record.headers, H_TRACEPARENT)),
             callback_token="callback_url" in p.body,
         )
-        return Outcome("created", [entry.to_record(self._s.topics.requests)], truncated=p.truncated)
+        return Outcome("created", [entry.to_record(self._topics.requests)], truncated=p.truncated)
 
     async def _prepare(
         self,
@@ -392,7 +402,7 @@ class BatchProcessor:
         self.recovery.settle_all()
         if self._journal is None or not created:
             return
-        size = self._s.batch.max_records
+        size = self._batch.max_records
         ranges: dict[tuple[str, int], tuple[int, int]] = {}
         for tp, records in batch.items():
             plan = plans[tp]
@@ -406,7 +416,7 @@ class BatchProcessor:
         self, batch: dict[Any, list[InputRecord]], stats: BatchStats
     ) -> dict[Any, PartitionPlan]:
         """Classify, create concurrently (bounded, all partitions at once), plan commits."""
-        deadline = self._monotonic() + self._s.batch.max_batch_seconds
+        deadline = self._monotonic() + self._batch.max_batch_seconds
         blocked: dict[Any, float | None] = {}
         now = self._clock()
         at = iso_now(now)
@@ -453,7 +463,7 @@ class BatchProcessor:
             for tp, i, p in queue:
                 results[(tp, i)] = await self._create(tp, p, blocked, deadline)
 
-        size = min(self._s.hitl.max_in_flight, len(pending))
+        size = min(self._max_in_flight, len(pending))
         workers = [asyncio.ensure_future(worker()) for _ in range(size)]
         try:
             await asyncio.gather(*workers)

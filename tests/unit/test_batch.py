@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from connector.config import Settings
 from connector.errors import HitlPermanentError, HitlUnavailableError
 from connector.kafka.offsets import committable_offset, first_unfinished
-from connector.submitter.batch import BatchProcessor, BatchStats
+from connector.submitter.batch import BatchStats
+from tests.support import make_processor
 
 
 @dataclass
@@ -75,7 +76,7 @@ async def test_each_record_gets_one_outcome_and_commit_covers_all() -> None:
         rec(3, {"id": "d", "content": "ok", "ai_analysis": {"confidence": 1, "risk_score": 0}}),
     ]
     stats = BatchStats()
-    plans = await BatchProcessor(s, FakeClient()).process({"tp0": records}, stats)
+    plans = await make_processor(s, FakeClient()).process({"tp0": records}, stats)
     plan = plans["tp0"]
     assert plan.commit_offset == 4 and plan.seek_to is None
     topics = [r.topic for r in plan.outputs]
@@ -108,7 +109,7 @@ async def test_gap_stops_the_commit_and_keeps_created_requests_after_it() -> Non
         rec(13, b"{broken"),
     ]
     stats = BatchStats()
-    plan = (await BatchProcessor(make_settings(), client).process({"tp": records}, stats))["tp"]
+    plan = (await make_processor(make_settings(), client).process({"tp": records}, stats))["tp"]
     assert plan.commit_offset == 11
     assert plan.seek_to == 11 and plan.retry_after == 7.0
     # a's row, plus c's row if its create ran (idempotent on retry); never the DLQ past the gap
@@ -119,7 +120,7 @@ async def test_gap_stops_the_commit_and_keeps_created_requests_after_it() -> Non
 async def test_no_loop_goes_to_dlq() -> None:
     s = Settings()
     plan = (
-        await BatchProcessor(s, FakeClient()).process(
+        await make_processor(s, FakeClient()).process(
             {"tp": [rec(0, {"content": "x"})]}, BatchStats()
         )
     )["tp"]
@@ -135,7 +136,7 @@ def test_commit_never_passes_an_unfinished_record(kinds: list[str]) -> None:
         for i, k in enumerate(kinds)
     ]
     plan = asyncio.run(
-        BatchProcessor(make_settings(), FakeClient()).process({"tp": records}, BatchStats())
+        make_processor(make_settings(), FakeClient()).process({"tp": records}, BatchStats())
     )["tp"]
     finished = [k != "down" for k in kinds]
     offsets = [r.offset for r in records]

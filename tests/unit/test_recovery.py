@@ -13,7 +13,7 @@ import pytest
 from connector.config import Settings
 from connector.errors import HitlAmbiguousError
 from connector.metrics import Metrics
-from connector.submitter.batch import BatchProcessor, BatchStats
+from connector.submitter.batch import BatchStats
 from connector.submitter.journal import (
     MAX_ADOPTED,
     UNBOUNDED,
@@ -24,6 +24,7 @@ from connector.submitter.journal import (
     encode,
 )
 from connector.submitter.recovery import Adopted, Recovery, Sought, source_identity
+from tests.support import make_processor
 
 GROUP = "g1"
 T0 = 1_800_000_000.0
@@ -215,7 +216,7 @@ async def test_ambiguous_create_is_looked_up_not_repeated() -> None:
     settings = Settings(loops={"default": "L1"}, kafka={"group_id": GROUP})  # type: ignore[arg-type]
     metrics = Metrics()
     recovery = Recovery(hitl, GROUP, clock=lambda: hitl.now, default_loop="L1", metrics=metrics)
-    processor = BatchProcessor(settings, hitl, clock=lambda: hitl.now, recovery=recovery)  # type: ignore[arg-type]
+    processor = make_processor(settings, hitl, clock=lambda: hitl.now, recovery=recovery)
     hitl.ambiguous_for.add(source_identity(GROUP, "in", 0, 1, TS))
     records = [Rec(o, orjson.dumps({"id": f"e{o}", "content": "x"})) for o in range(3)]
     plan = (await processor.process({"tp": records}, BatchStats()))["tp"]
@@ -236,7 +237,7 @@ async def test_journal_failure_sends_nothing() -> None:
 
     hitl = FakeHitl()
     settings = Settings(loops={"default": "L1"})  # type: ignore[arg-type]
-    processor = BatchProcessor(settings, hitl, journal=Broken())  # type: ignore[arg-type]
+    processor = make_processor(settings, hitl, journal=Broken())
     records = [Rec(o, orjson.dumps({"id": f"e{o}", "content": "x"})) for o in range(3)]
     plan = (await processor.process({"tp": records}, BatchStats()))["tp"]
     assert plan.commit_offset is None and plan.seek_to == 0 and hitl.creates == []
@@ -312,7 +313,7 @@ async def test_the_next_batch_is_journaled_ahead_so_its_creates_wait_for_nothing
     hitl = FakeHitl()
     journal = RecordingJournal(hitl)
     settings = Settings(loops={"default": "L1"}, kafka={"group_id": GROUP})  # type: ignore[arg-type]
-    processor = BatchProcessor(settings, hitl, journal=journal)  # type: ignore[arg-type]
+    processor = make_processor(settings, hitl, journal=journal)
     first = [Rec(o, orjson.dumps({"id": f"e{o}", "content": "x"})) for o in range(3)]
     await processor.process({"tp": first}, BatchStats())
     assert [n for n, _ in journal.writes] == [0]  # written before any create; ahead pending
