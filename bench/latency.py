@@ -43,9 +43,10 @@ from bench.common import (
     topics_for,
 )
 from bench.webhook import wait_ready
+from connector.config import BatchSettings
 
 SCENARIO = "latency"
-BATCH_LINGER_MS = 20
+BATCH_LINGER_MS = BatchSettings().linger_ms  # the shipped default; the run does not set it
 
 
 def parse_iso_ms(text: str) -> float:
@@ -182,7 +183,7 @@ async def one_run(
             run,
             sandbox_url,
             gateway={"port": port, "public_url": f"http://127.0.0.1:{port}"},
-            batch={"linger_ms": BATCH_LINGER_MS, "journal": journal},
+            **({} if journal else {"batch": {"journal": False}}),
         )
         connector = start_connector(env, config, role="all")
         tail = OutputTail(env.bootstrap, topics["output"])
