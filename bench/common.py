@@ -28,6 +28,10 @@ LOOP = "bench-loop"
 API_KEY = "bench-key"
 WEBHOOK_SECRET = "bench-webhook-secret"
 TICKS = os.sysconf("SC_CLK_TCK")
+# The interpreter of the baselines (Quix Streams apps, naive clients, the FastAPI receiver):
+# the `bench` extra lives in its own environment (`make bench` makes .venv-bench), because
+# quixstreams pins a pydantic older than the connector's lock.
+BASELINE_PYTHON = os.environ.get("BENCH_BASELINE_PYTHON") or sys.executable
 
 
 @dataclass
