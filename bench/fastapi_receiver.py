@@ -11,8 +11,8 @@ request id. ``GET /readyz`` answers 200 once the producer started. Not part of t
 connector; runs in the bench's baseline environment (the ``bench`` extra).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime
+# (`Request` is imported inside main).
 import contextlib
 import hashlib
 import hmac
@@ -42,10 +42,14 @@ def main(argv: list[str]) -> None:
     from fastapi import FastAPI, Request, Response
 
     bootstrap, topic, port, secret = argv[0], argv[1], int(argv[2]), argv[3].encode()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer: Any = None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        nonlocal producer
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True
+        )
         await producer.start()
         try:
             yield
