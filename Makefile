@@ -69,9 +69,13 @@ soak: venv kafka
 
 # Every performance scenario of docs/performance.md; writes bench-results/latest.{md,json}.
 # ARGS="--quick" for a fast smoke run, ARGS="--only submit,webhook" for some.
+# The baselines (Quix Streams apps, naive clients, FastAPI receiver) run from .venv-bench, the
+# connector and the harness from .venv at the locked versions.
+BENCH_VENV := .venv-bench
 bench: venv kafka wrk
-	$(VPY) -m pip install --quiet -e '.[dev,bench]' -c requirements.lock
-	$(VPY) -m bench $(ARGS)
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench]'
+	BENCH_BASELINE_PYTHON=$(BENCH_VENV)/bin/python $(VPY) -m bench $(ARGS)
 
 # The local stack: broker, sandbox (auto-reviewer), connector (all roles), load generator.
 # Flags go in ARGS, e.g. make run ARGS="--rate 20 --bootstrap localhost:9092".

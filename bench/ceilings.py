@@ -2,7 +2,9 @@
 
 - Broker alone: Kafka's own ``ProducerPerformance`` and ``ConsumerPerformance`` (the classes
   behind ``kafka-producer-perf-test``/``kafka-consumer-perf-test``, from the same jars as the
-  broker) with records the size of a content event.
+  broker) with records the size of a content event; produce also transactional (the Java
+  client, a transaction every ``TXN_MS`` ms, ``acks=all``), the ceiling of any exactly-once
+  path on this machine.
 - Sandbox alone: ``wrk`` (C, keep-alive, 64 connections) on the create endpoint with a unique
   ``Idempotency-Key`` per request, as the connector sends them.
 
@@ -25,6 +27,7 @@ from bench.common import API_KEY, LOOP, ROOT, BenchEnv, Figure, create_topics, r
 from connector.devkafka import find_java, resolve_distribution
 
 RECORD_BYTES = 120  # a typical bench content event (see bench.common.event)
+TXN_MS = 100  # transaction length of the transactional produce ceiling
 
 WRK_SCRIPT = """
 counter = 0
@@ -51,11 +54,13 @@ def _java(main_class: str, *args: str) -> str:
     return done.stdout
 
 
-def producer_rate(bootstrap: str, topic: str, records: int) -> float:
+def producer_rate(bootstrap: str, topic: str, records: int, txn_ms: int = 0) -> float:
+    """Records/s of ProducerPerformance; ``txn_ms`` > 0: transactional, one per ``txn_ms``."""
+    txn = ["--transactional-id", f"{topic}-txn", "--transaction-duration-ms", str(txn_ms)]
     out = _java(
         "org.apache.kafka.tools.ProducerPerformance",
         "--topic", topic, "--num-records", str(records), "--record-size", str(RECORD_BYTES),
-        "--throughput", "-1",
+        "--throughput", "-1", *(txn if txn_ms else []),
         "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5",
     )  # fmt: skip
     last = [line for line in out.splitlines() if "records sent" in line][-1]
@@ -116,12 +121,15 @@ def wrk_rate(url: str, tmp: Path, seconds: int) -> float:
 
 async def run(env: BenchEnv) -> list[Figure]:
     records = env.scale(500_000, 100_000)
-    produced, consumed, created = [], [], []
+    produced, consumed, created, transactional = [], [], [], []
     for _ in range(env.repeats):
-        topic = run_id("ceiling")
-        await create_topics(env.bootstrap, [topic], partitions=6)
+        topic, txn_topic = run_id("ceiling"), run_id("ceiling-txn")
+        await create_topics(env.bootstrap, [topic, txn_topic], partitions=6)
         produced.append(await asyncio.to_thread(producer_rate, env.bootstrap, topic, records))
         consumed.append(await asyncio.to_thread(consumer_rate, env.bootstrap, topic, records))
+        transactional.append(
+            await asyncio.to_thread(producer_rate, env.bootstrap, txn_topic, records, TXN_MS)
+        )
     with sandbox(env.tmp) as (url, _):
         await asyncio.to_thread(wrk_rate, url, env.tmp, 2)  # warm-up
         for _ in range(env.repeats):
@@ -134,5 +142,12 @@ async def run(env: BenchEnv) -> list[Figure]:
     return [
         Figure("ceilings", "broker alone: produce (ProducerPerformance)", "records/s", produced),
         Figure("ceilings", "broker alone: consume (ConsumerPerformance)", "records/s", consumed),
+        Figure(
+            "ceilings",
+            "broker alone: transactional produce (ProducerPerformance)",
+            "records/s",
+            transactional,
+            note=f"Java client, acks=all, a transaction every {TXN_MS} ms",
+        ),
         Figure("ceilings", "sandbox alone: creates (wrk, 64 connections)", "requests/s", created),
     ]

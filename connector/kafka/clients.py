@@ -13,6 +13,7 @@ import asyncio
 import ssl
 from typing import Any
 
+import aiokafka.producer.sender as aiokafka_sender
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
@@ -211,6 +212,15 @@ def make_consumer(
 
 
 TXN_RETRY_BACKOFF_MS = 20
+# A transaction's first AddPartitionsToTxn usually reaches the coordinator while it still
+# writes the previous transaction's markers (commits run back to back) and is answered
+# CONCURRENT_TRANSACTIONS; aiokafka retries that one after the module constant
+# BACKOFF_OVERRIDE, 20 ms. The window is a few ms on a healthy broker: at 100 webhooks/s,
+# 15-18 % of the resolver's transactions waited those 20 ms, the bulk of hop 2's p90
+# (docs/performance.md, Decisions within 50 ms). Retried after 5 ms instead; only that
+# answer to that request is affected (other retries keep ``retry_backoff_ms``).
+TXN_CONCURRENT_RETRY_MS = 5
+aiokafka_sender.BACKOFF_OVERRIDE = TXN_CONCURRENT_RETRY_MS / 1000
 
 
 def transactional_id(kafka: KafkaSettings, role: str) -> str:
