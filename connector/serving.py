@@ -133,7 +133,10 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    """Serves ``app`` on ``host:port`` with the given limits; ``stop`` drains requests."""
+    """Serves ``app`` on ``host:port`` with the given limits; ``stop`` drains requests.
+
+    With ``ssl_certfile`` (PEM chain; ``ssl_keyfile`` unless the key is in it) it serves TLS.
+    """
 
     def __init__(
         self,
@@ -147,8 +150,11 @@ class HttpServer:
         keep_alive_seconds: float = 5.0,
         head_timeout: float = 10.0,
         max_head_bytes: int = 16_384,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self.host, self.name = host, name
+        self.scheme = "https" if ssl_certfile else "http"
         self._sock = bind_socket(host, port)
         self.port = int(self._sock.getsockname()[1])
         limits = {"head_timeout": head_timeout, "max_head_bytes": max_head_bytes}
@@ -166,6 +172,8 @@ class HttpServer:
             limit_concurrency=limit_concurrency,
             timeout_keep_alive=keep_alive_seconds,  # type: ignore[arg-type]
             timeout_graceful_shutdown=10,
+            ssl_certfile=ssl_certfile,  # TLS with this certificate chain (PEM), else plain HTTP
+            ssl_keyfile=ssl_keyfile,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
@@ -173,7 +181,7 @@ class HttpServer:
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     @property
     def started(self) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -124,6 +125,24 @@ def _user_agent() -> str:
         return f"hitl-kafka-connector/{version('hitl-kafka-connector')}"
     except PackageNotFoundError:
         return "hitl-kafka-connector/0+unknown"
+
+
+def _transport_failure(exc: BaseException) -> str:
+    """The failure in a line; an untrusted certificate says so (httpx-aiohttp calls it a
+    ``ConnectTimeout``) and how to trust it."""
+    cause: BaseException | None = exc
+    # httpx's error, from aiohttp's (a certificate error too, but without the reason), from ssl's
+    for _ in range(8):
+        if cause is None:
+            break
+        reason = getattr(cause, "verify_message", None)
+        if isinstance(cause, ssl.SSLCertVerificationError) and reason:
+            return (
+                f"TLS certificate not trusted ({reason}); point SSL_CERT_FILE at a CA bundle "
+                "with its issuer"
+            )
+        cause = cause.__cause__
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _seg(value: str) -> str:
@@ -578,7 +597,7 @@ class HitlClient:
             self._observer.on_call(endpoint, None, clock.monotonic() - started)
             pacer.release(responded=False, failed=True)
             breaker.record_failure()
-            what = f"{type(exc).__name__}: {str(exc)[:200]}"
+            what = _transport_failure(exc)
             # httpx-aiohttp reports "refused" as ConnectTimeout; the cause tells the truth.
             unsent = isinstance(exc, httpx.ConnectError) or isinstance(
                 exc.__cause__, aiohttp.ClientConnectorError

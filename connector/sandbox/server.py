@@ -57,7 +57,10 @@ def create_app(options: SandboxOptions | None = None, clock: Clock = time.time) 
 
 
 class SandboxServer:
-    """The sandbox on ``127.0.0.1:<port>`` in a background thread; ``with`` starts and stops."""
+    """The sandbox on ``127.0.0.1:<port>`` in a background thread; ``with`` starts and stops.
+
+    ``ssl_certfile``/``ssl_keyfile`` (PEM) serve it over TLS (``url`` is then ``https://``).
+    """
 
     def __init__(
         self,
@@ -66,23 +69,29 @@ class SandboxServer:
         port: int = 0,
         *,
         log_level: str = "warning",
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self.options = options or SandboxOptions()
         self.host = host
         self.port = port
         self.app = create_app(self.options)
         self._log_level = log_level
+        self._tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
         self._server: HttpServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self._tls["ssl_certfile"] else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         if self._thread is not None:
             return
-        server = self._server = _server(self.app, self.host, self.port, self._log_level)
+        server = self._server = _server(
+            self.app, self.host, self.port, self._log_level, **self._tls
+        )
         self.port = server.port
         self._thread = threading.Thread(target=server.run, name=f"sandbox:{self.port}", daemon=True)
         self._thread.start()
@@ -113,8 +122,24 @@ class SandboxServer:
         self.stop()
 
 
-def _server(app: Starlette, host: str, port: int, log_level: str) -> HttpServer:
-    return HttpServer(app, host, port, name="sandbox", log_level=log_level, keep_alive_seconds=30)
+def _server(
+    app: Starlette,
+    host: str,
+    port: int,
+    log_level: str,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+) -> HttpServer:
+    return HttpServer(
+        app,
+        host,
+        port,
+        name="sandbox",
+        log_level=log_level,
+        keep_alive_seconds=30,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
 
 
 def serve(options: SandboxOptions | None = None, host: str = "127.0.0.1", port: int = 8765) -> None:

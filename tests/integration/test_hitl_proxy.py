@@ -1,14 +1,21 @@
-"""The HITL client honours HTTP(S)_PROXY / NO_PROXY: creates go through a real forward proxy."""
+"""The HITL client honours HTTP(S)_PROXY / NO_PROXY and SSL_CERT_FILE: creates go through a
+real forward proxy, to a plain-HTTP sandbox and (CONNECT tunnel) to a TLS one whose throwaway
+CA only ``SSL_CERT_FILE`` makes trusted."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
+import trustme
 
 from connector.config import HitlSettings
+from connector.errors import HitlUnavailableError
 from connector.hitl.client import HitlClient
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.support import create_body
@@ -92,9 +99,39 @@ async def proxy() -> AsyncIterator[ForwardProxy]:
 
 
 @pytest.fixture
-def sandbox() -> AsyncIterator[SandboxServer]:
+def sandbox() -> Iterator[SandboxServer]:
     with SandboxServer(SandboxOptions(preset_loops=(LOOP,), seed=3)) as running:
-        yield running  # type: ignore[misc]
+        yield running
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def tls_sandbox(ca: trustme.CA, tmp_path: Path) -> Iterator[SandboxServer]:
+    """The sandbox serving TLS with a certificate for 127.0.0.1 issued by the test CA."""
+    chain = tmp_path / "sandbox-key-and-chain.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(chain))
+    options = SandboxOptions(preset_loops=(LOOP,), seed=4)
+    with SandboxServer(options, ssl_certfile=str(chain)) as running:
+        yield running
+
+
+def _clear_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
 
 
 def _settings(sandbox: SandboxServer) -> HitlSettings:
@@ -118,9 +155,7 @@ async def test_create_goes_through_the_proxy_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
     variable: str,
 ) -> None:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
+    _clear_env(monkeypatch)
     monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.port}")
     request_id = await _create(sandbox, "evt-proxied-1")
     assert request_id
@@ -130,10 +165,58 @@ async def test_create_goes_through_the_proxy_from_the_environment(
 async def test_no_proxy_origins_bypass_the_proxy(
     proxy: ForwardProxy, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
+    _clear_env(monkeypatch)
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     assert await _create(sandbox, "evt-direct-1")
     assert proxy.seen == []
+
+
+async def test_https_create_tunnels_through_https_proxy_and_trusts_ssl_cert_file(
+    proxy: ForwardProxy,
+    tls_sandbox: SandboxServer,
+    ca_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_env(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    assert tls_sandbox.url.startswith("https://127.0.0.1:")
+
+    request_id = await asyncio.wait_for(_create(tls_sandbox, "evt-tls-proxied-1"), 20)
+
+    # The proxy carried the calls as a CONNECT tunnel (it never saw a request line in clear),
+    # and the sandbox, asked directly, holds the request.
+    authority = f"127.0.0.1:{tls_sandbox.port}"
+    assert proxy.seen and set(proxy.seen) == {f"CONNECT {authority}"}
+    direct = ssl.create_default_context(cafile=str(ca_file))
+    async with httpx.AsyncClient(verify=direct, trust_env=False) as admin:
+        answer = await admin.get(f"{tls_sandbox.url}/sandbox/requests/{request_id}")
+    assert answer.status_code == 200
+    stored = answer.json()["request"]
+    assert stored["id"] == request_id
+    assert stored["loop_id"] == LOOP
+
+
+async def test_https_create_without_the_ca_fails_on_the_certificate(
+    proxy: ForwardProxy,
+    tls_sandbox: SandboxServer,
+    ca_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_env(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+
+    with pytest.raises(HitlUnavailableError) as failed:
+        await asyncio.wait_for(_create(tls_sandbox, "evt-tls-untrusted-1"), 20)
+
+    assert failed.value.status is None  # no answer at all, not an HTTP error
+    assert "TLS certificate not trusted (unable to get local issuer certificate)" in str(
+        failed.value
+    )
+    assert proxy.seen == [f"CONNECT 127.0.0.1:{tls_sandbox.port}"]
+    direct = ssl.create_default_context(cafile=str(ca_file))
+    async with httpx.AsyncClient(verify=direct, trust_env=False) as admin:
+        answer = await admin.get(f"{tls_sandbox.url}/sandbox/requests")
+    assert answer.status_code == 200
+    assert answer.json()["requests"] == []
