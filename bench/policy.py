@@ -44,6 +44,7 @@ from aiokafka.errors import KafkaError
 
 from bench.common import (
     API_KEY,
+    BASELINE_PYTHON,
     LOOP,
     BenchEnv,
     Figure,
@@ -134,7 +135,7 @@ def launch(env: BenchEnv, kind: str, run: str, source: str, url: str) -> tuple[A
             env={"HITL_API_KEY": API_KEY},
         )  # fmt: skip
         return proc, f"g-{run}", output
-    args = [sys.executable, "-m", "bench.quix_policy_app", env.bootstrap, source, output, run]
+    args = [BASELINE_PYTHON, "-m", "bench.quix_policy_app", env.bootstrap, source, output, run]
     if kind == "quix 1 s":
         args.append("1.0")
     proc = spawn(args, env.tmp / f"{run}.log", env={"QUIX_STATE_DIR": str(env.tmp / run)})
