@@ -72,10 +72,14 @@ soak: venv kafka
 # The baselines (Quix Streams apps, naive clients, FastAPI receiver) run from .venv-bench, the
 # connector and the harness from .venv at the locked versions.
 BENCH_VENV := .venv-bench
+# The connector as it was before issue 14 (one HTTP stack, one role loop) runs beside today's
+# in the submit and webhook scenarios: before/after ratios from one run. BENCH_BEFORE= skips it.
+BENCH_BEFORE ?= 91f509a
 bench: venv kafka wrk
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench]'
-	BENCH_BASELINE_PYTHON=$(BENCH_VENV)/bin/python $(VPY) -m bench $(ARGS)
+	BENCH_BASELINE_PYTHON=$(BENCH_VENV)/bin/python $(VPY) -m bench \
+		$(if $(BENCH_BEFORE),--before $(BENCH_BEFORE)) $(ARGS)
 
 # The local stack: broker, sandbox (auto-reviewer), connector (all roles), load generator.
 # Flags go in ARGS, e.g. make run ARGS="--rate 20 --bootstrap localhost:9092".

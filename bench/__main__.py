@@ -7,13 +7,14 @@ import asyncio
 import importlib
 import math
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import orjson
 
-from bench.common import ROOT, BenchEnv, Figure
+from bench.common import ROOT, BenchEnv, Figure, checkout_before
 from connector.devkafka import DevKafka
 
 SCENARIOS = ("ceilings", "policy", "submit", "webhook", "latency", "budget", "state")
@@ -54,6 +55,12 @@ async def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also run the connector of this git revision (submit, webhook): before/after "
+        "ratios from the same run",
+    )
     args = parser.parse_args()
     chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
     unknown = set(chosen) - set(SCENARIOS)
@@ -70,6 +77,13 @@ async def main() -> None:
     env = BenchEnv(bootstrap, tmp, repeats=1 if args.quick else args.repeats, quick=args.quick)
     if broker is not None:
         env.extras["broker"] = broker
+    if args.before:
+        try:
+            env.extras["before"] = checkout_before(args.before, tmp)
+            env.extras["before_rev"] = args.before
+        except subprocess.CalledProcessError as exc:  # e.g. a shallow clone
+            print(f"--before {args.before}: not in this clone ({exc.stderr.decode().strip()});"
+                  " no before/after figures")  # fmt: skip
     figures: list[Figure] = []
     started = time.monotonic()
     try:
@@ -95,6 +109,7 @@ async def main() -> None:
         f"{platform.python_version()}; {'quick' if args.quick else f'{env.repeats} repeats'}; "
         f"total {time.monotonic() - started:.0f} s. Medians of the repeats; ratios are "
         "computed inside the same run."
+        + (f" Before/after: against {args.before}." if "before" in env.extras else "")
     )
     table = markdown(figures, header)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -112,12 +112,16 @@ def run_id(prefix: str) -> str:
 
 
 def spawn(
-    args: Sequence[str], log: Path, env: dict[str, str] | None = None
+    args: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a child process with its output in ``log`` (the handle is closed in the parent)."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            list(args), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            list(args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
 
 
@@ -277,13 +281,50 @@ def connector_config(env: BenchEnv, run: str, sandbox_url: str, **sections: Any)
 
 
 def start_connector(
-    env: BenchEnv, config: Path, role: str = "submitter"
+    env: BenchEnv, config: Path, role: str = "submitter", *, before: bool = False
 ) -> subprocess.Popen[bytes]:
+    """``hitl-connector run``; with ``before``, the code of ``--before REV`` (same venv)."""
+    extra = {"HITL_API_KEY": API_KEY, "HITL_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    # ``python -m`` puts its working directory first on sys.path: run the old code from its
+    # own directory, so its ``connector`` comes before today's (and the installed one).
+    cwd = before_code(env) if before else None
+    if before:  # settings added since are unknown there (and refused: extra="forbid")
+        cfg = yaml.safe_load(config.read_text())
+        for section, key in BEFORE_UNKNOWN:
+            cfg.get(section, {}).pop(key, None)
+        config = config.with_name(config.stem + "-before.yaml")
+        config.write_text(yaml.safe_dump(cfg))
     return spawn(
         [sys.executable, "-m", "connector.cli", "run", "--role", role, "--config", str(config)],
         config.with_suffix(".log"),
-        env={"HITL_API_KEY": API_KEY, "HITL_WEBHOOK_SECRET": WEBHOOK_SECRET},
+        env=extra,
+        cwd=cwd,
     )
+
+
+# (section, key) a bench config sets that the --before revision (issue 14's base) lacks.
+BEFORE_UNKNOWN = (("topics", "journal"),)
+
+
+def before_code(env: BenchEnv) -> Path:
+    """Where ``--before REV``'s ``connector`` package was unpacked (``checkout_before``)."""
+    code = env.extras.get("before")
+    if not isinstance(code, Path):
+        raise RuntimeError("no --before revision given")
+    return code
+
+
+def checkout_before(rev: str, tmp: Path) -> Path:
+    """``connector/`` as it was at ``rev`` (``git archive``), for before/after contenders: a
+    directory to put first on ``PYTHONPATH``. Runs in the bench's venv, so ``rev`` must need
+    no dependency the current lock lacks."""
+    dest = tmp / f"before-{rev}"
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "connector"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def reader(bootstrap: str, topic: str, *, committed: bool = True, tail: bool = False) -> Any:

@@ -105,6 +105,7 @@ TUNED = {
 }
 TUNED_LABEL = "batch.max_records=1000, batch.linger_ms=20, hitl.max_in_flight=64"
 CONTENDERS = ("connector", "connector tuned", "quix + requests", "naive", "naive keep-alive")
+BEFORE = "connector before"  # with --before REV: that revision's connector, same defaults
 
 
 async def first_create(url: str, since: float) -> float:
@@ -152,7 +153,8 @@ def launch(env: BenchEnv, kind: str, run: str, source: str, url: str, n: int) ->
             sections["batch"] = TUNED["batch"]
             sections["hitl"] = TUNED["hitl"]
         config = connector_config(env, run, url, **sections)
-        return start_connector(env, config, "submitter"), f"g-{run}"
+        before = kind == BEFORE
+        return start_connector(env, config, "submitter", before=before), f"g-{run}"
     if kind == "quix + requests":
         args = [BASELINE_PYTHON, "-m", "bench.quix_submit_app", env.bootstrap, source,
                 f"out-{run}", run, url, API_KEY, LOOP]  # fmt: skip
@@ -224,16 +226,36 @@ async def run(env: BenchEnv) -> list[Figure]:
         "naive": env.scale(500, 200),
         "naive keep-alive": env.scale(500, 200),
     }
-    runs: dict[str, list[dict[str, float]]] = {k: [] for k in CONTENDERS}
+    contenders = CONTENDERS + ((BEFORE,) if "before" in env.extras else ())
+    sizes[BEFORE] = sizes["connector"]
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in contenders}
     with sandbox(env.tmp) as (url, sandbox_proc):
         await one_run(env, "connector", url, 2000)  # warm the sandbox and the broker
         for rep in range(env.repeats):
-            order = CONTENDERS if rep % 2 == 0 else tuple(reversed(CONTENDERS))
+            order = contenders if rep % 2 == 0 else tuple(reversed(contenders))
             for kind in order:
                 runs[kind].append(await one_run(env, kind, url, sizes[kind], sandbox_proc.pid))
             rates = ", ".join(f"{k}: {v[-1]['rate']:,.0f}/s" for k, v in runs.items())
             print(f"  [{rep}] {rates}", flush=True)
-    return figures(runs, sizes, env.extras.get("ceilings"))
+    out = figures(runs, sizes, env.extras.get("ceilings"))
+    if runs.get(BEFORE):
+        out += before_after(runs, str(env.extras.get("before_rev")))
+    return out
+
+
+def before_after(runs: dict[str, list[dict[str, float]]], rev: str) -> list[Figure]:
+    """The connector against ``--before REV``'s, both at their shipped defaults."""
+    mine, old = runs["connector"], runs[BEFORE]
+    cpu = [a["cpu_us"] / b["cpu_us"] for a, b in zip(mine, old, strict=True)]
+    return [
+        Figure(SCENARIO, f"connector before ({rev}) events/s", "events/s",
+               [r["rate"] for r in old], note="that revision's code, its shipped defaults"),
+        Figure(SCENARIO, f"connector before ({rev}) CPU per event", "µs",
+               [r["cpu_us"] for r in old], better="lower"),
+        Figure(SCENARIO, f"connector ÷ before ({rev}) events/s", "×", _ratio(mine, old),
+               note="same run, interleaved; per-pair ratios"),
+        Figure(SCENARIO, f"connector ÷ before ({rev}) CPU per event", "×", cpu, better="lower"),
+    ]  # fmt: skip
 
 
 def figures(

@@ -244,6 +244,7 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 6
 
 BASELINE = "fastapi + aiokafka"
 SERVERS = ("gateway", BASELINE)  # one process each; the first one's figures keep their names
+BEFORE = "gateway before"  # with --before REV: that revision's gateway, same defaults
 
 
 @dataclass
@@ -273,7 +274,7 @@ async def start_gateway(env: BenchEnv, server: str) -> Gateway:
     else:
         gateway = {"port": port, "signature": "required"}
         config = connector_config(env, run, "http://127.0.0.1:9", gateway=gateway)
-        proc = start_connector(env, config, role="gateway")
+        proc = start_connector(env, config, role="gateway", before=server == BEFORE)
     return Gateway(
         server, run, f"http://127.0.0.1:{port}", proc, TopicCounter(env.bootstrap, f"cb-{run}")
     )
@@ -308,7 +309,8 @@ async def run(env: BenchEnv) -> list[Figure]:
     ensure_wrk()
     seconds = env.scale(10, 5)
     warm_seconds = env.scale(4, 2)
-    gateways = [await start_gateway(env, server) for server in SERVERS]
+    servers = SERVERS + ((BEFORE,) if "before" in env.extras else ())
+    gateways = [await start_gateway(env, server) for server in servers]
     try:
         for gw in gateways:
             await wait_ready(gw.url, gw.proc)
@@ -340,10 +342,10 @@ async def run(env: BenchEnv) -> list[Figure]:
         for gw in gateways:
             await gw.counter.stop()
             stop(gw.proc)
-    return figures(gateways, seconds)
+    return figures(gateways, seconds, str(env.extras.get("before_rev", "")))
 
 
-def figures(gateways: list[Gateway], seconds: int) -> list[Figure]:
+def figures(gateways: list[Gateway], seconds: int, before_rev: str = "") -> list[Figure]:
     default, others = gateways[0], gateways[1:]
     wrk = f"wrk -c{CONNECTIONS}, closed loop, {seconds} s"
     out = [
@@ -381,6 +383,8 @@ def figures(gateways: list[Gateway], seconds: int) -> list[Figure]:
             )
         )
     for gw in others:
+        if gw.server == BEFORE:
+            gw.server = f"gateway before ({before_rev})"
         name = f"({gw.server})"
         ratio = [a / b for a, b in zip(default.accepted, gw.accepted, strict=True)]
         cpu_ratio = [a / b for a, b in zip(default.cpu_us, gw.cpu_us, strict=True)]
