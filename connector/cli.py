@@ -58,7 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(settings.log.level, settings.log.format)
-    return _run_async(run_app(settings, args.role, on_started=tune_gc))
+    # Only a submitter alone (as deployed per role) trades GC pauses for throughput.
+    tune = tune_gc if args.role == "submitter" else None
+    return _run_async(run_app(settings, args.role, on_started=tune))
 
 
 async def _check_live(settings: Settings) -> list[str]:
