@@ -85,13 +85,19 @@ async def main() -> None:
             print(f"--before {args.before}: not in this clone ({exc.stderr.decode().strip()});"
                   " no before/after figures")  # fmt: skip
     figures: list[Figure] = []
+    failed: list[str] = []
     started = time.monotonic()
     try:
         for name in chosen:
             module = importlib.import_module(f"bench.{name}")
             print(f"\n== {name} ==", flush=True)
             t0 = time.monotonic()
-            got: list[Figure] = await module.run(env)
+            try:
+                got: list[Figure] = await module.run(env)
+            except Exception as exc:  # the other scenarios' figures still count
+                failed.append(f"{name}: {exc}")
+                print(f"  {name} FAILED: {exc!r}", flush=True)
+                continue
             figures.extend(got)
             for f in got:
                 print(
@@ -110,6 +116,7 @@ async def main() -> None:
         f"total {time.monotonic() - started:.0f} s. Medians of the repeats; ratios are "
         "computed inside the same run."
         + (f" Before/after: against {args.before}." if "before" in env.extras else "")
+        + "".join(f"\n\n**Failed, no figures:** {line}" for line in failed)
     )
     table = markdown(figures, header)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -119,6 +126,8 @@ async def main() -> None:
     )
     print("\n" + table)
     print(f"written: {args.out / 'latest.md'} and latest.json")
+    if failed:
+        raise SystemExit(f"failed scenarios: {'; '.join(failed)}")
 
 
 if __name__ == "__main__":
