@@ -142,15 +142,10 @@ class ConnectorApp:
                 default_loop=settings.loops.default,
                 metrics=self.metrics,
             )
-            processor = BatchProcessor(
+            processor = batch_processor(
+                settings,
                 self.client,
                 recovery,
-                batch=settings.batch,
-                hitl=settings.hitl,
-                loops=settings.loops,
-                review=settings.review,
-                policy=settings.policy,
-                topics=settings.topics,
                 callback_url_for=callback_url_for,
                 journal=journal if settings.batch.journal else None,
             )
@@ -296,6 +291,23 @@ class ConnectorApp:
             if sink is not None:
                 await sink.stop()
         await self.client.stop()
+
+
+def batch_processor(
+    settings: Settings, client: HitlClient, recovery: Recovery, **options: Any
+) -> BatchProcessor:
+    """The submitter's ``BatchProcessor``, given the settings sections it reads."""
+    return BatchProcessor(
+        client,
+        recovery,
+        batch=settings.batch,
+        hitl=settings.hitl,
+        loops=settings.loops,
+        review=settings.review,
+        policy=settings.policy,
+        topics=settings.topics,
+        **options,
+    )
 
 
 def tune_gc() -> None:

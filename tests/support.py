@@ -29,9 +29,9 @@ def create_body(**changes: Any) -> dict[str, Any]:
 
 
 def make_processor(settings: Any, client: Any, **kw: Any) -> Any:
-    """A ``BatchProcessor`` wired from whole ``Settings`` as the app wires it (tests only):
-    its ``Recovery`` looks requests up through ``client`` when it can list them."""
-    from connector.submitter.batch import BatchProcessor
+    """A ``BatchProcessor`` wired as the app wires it (tests only): its ``Recovery`` looks
+    requests up through ``client`` when it can list them."""
+    from connector.app import batch_processor
     from connector.submitter.recovery import Recovery
 
     recovery = kw.pop("recovery", None) or Recovery(
@@ -41,14 +41,4 @@ def make_processor(settings: Any, client: Any, **kw: Any) -> Any:
         clock=kw.get("clock", time.time),
         default_loop=settings.loops.default,
     )
-    return BatchProcessor(
-        client,
-        recovery,
-        batch=settings.batch,
-        hitl=settings.hitl,
-        loops=settings.loops,
-        review=settings.review,
-        policy=settings.policy,
-        topics=settings.topics,
-        **kw,
-    )
+    return batch_processor(settings, client, recovery, **kw)
