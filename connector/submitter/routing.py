@@ -92,8 +92,3 @@ class Policy:
 def _text(value: float) -> str:
     """A score as text, shortest round-trip digits like ``repr`` (orjson's: 4x as fast)."""
     return orjson.dumps(value).decode()
-
-
-def decide_by_policy(event: ContentEvent, policy: PolicySettings) -> PolicyDecision | None:
-    """``Policy(policy).decide(event)``: for one-off use; a batch keeps its ``Policy``."""
-    return Policy(policy).decide(event)

@@ -8,7 +8,7 @@ from connector.config import LoopSettings, PolicySettings, ReviewSettings, Route
 from connector.records import SourceRef
 from connector.sandbox.validation import DOCUMENTED_FIELDS
 from connector.submitter.events import parse_event
-from connector.submitter.routing import choose_loop, decide_by_policy
+from connector.submitter.routing import Policy, choose_loop
 from connector.submitter.translate import build_create_body
 
 SRC = SourceRef("content.events", 0, 7, 1_700_000_000_000)
@@ -84,12 +84,12 @@ def test_routing_order_event_then_rules_then_default() -> None:
 def test_policy_rejects_before_approving_and_needs_enabling() -> None:
     policy = PolicySettings(enabled=True, reject_flags=["csam"])
     approve = ev(ai_analysis={"confidence": 0.99, "risk_score": 0.01})
-    assert decide_by_policy(approve, PolicySettings()) is None
-    decided = decide_by_policy(approve, policy)
+    assert Policy(PolicySettings()).decide(approve) is None
+    decided = Policy(policy).decide(approve)
     assert decided is not None and decided.decision == "approved"
     risky = ev(ai_analysis={"confidence": 0.99, "risk_score": 0.95})
-    assert decide_by_policy(risky, policy).decision == "rejected"  # type: ignore[union-attr]
+    assert Policy(policy).decide(risky).decision == "rejected"  # type: ignore[union-attr]
     flagged = ev(ai_analysis={"confidence": 0.99, "risk_score": 0.0, "flags": ["csam"]})
-    assert decide_by_policy(flagged, policy).decision == "rejected"  # type: ignore[union-attr]
+    assert Policy(policy).decide(flagged).decision == "rejected"  # type: ignore[union-attr]
     unsure = ev(ai_analysis={"confidence": 0.5, "risk_score": 0.5})
-    assert decide_by_policy(unsure, policy) is None
+    assert Policy(policy).decide(unsure) is None
