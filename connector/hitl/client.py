@@ -45,7 +45,7 @@ _DEFAULT_429_WAIT = 60.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_CACHED_URLS = 1024
 _MAX_MSG_CHARS = 500
-_RATE_LIMIT_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+_RATE_LIMIT_HEADERS = frozenset(("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"))
 
 
 class ApiObserver(Protocol):
@@ -108,8 +108,7 @@ def build_http(
     headers = {"Accept": "application/json", "User-Agent": _user_agent()}
     if settings.api_key is not None:
         headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-    client = httpx.AsyncClient if transport is not None else HttpxAiohttpClient
-    return client(
+    return _CookielessClient(
         base_url=settings.base_url.rstrip("/") + "/",
         headers=headers,
         timeout=timeout,
@@ -118,6 +117,32 @@ def build_http(
         trust_env=True,
         follow_redirects=False,
     )
+
+
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing: HITL.sh's API sets no cookies, and httpx's per-response
+    cookie parsing (through urllib's compatibility objects) was 12 % of a create's CPU."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
+class _CookielessClient(HttpxAiohttpClient):
+    """``httpx.AsyncClient`` (aiohttp's pool behind it) whose ``cookies`` jar keeps nothing."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        raise TypeError("the HITL.sh client keeps no cookies")
+
+
+_NO_COOKIES = _NoCookies()
 
 
 def _user_agent() -> str:
@@ -166,12 +191,16 @@ def _msg(body: Any, answer: httpx.Response, content: bytes) -> str:
     return text or answer.reason_phrase or f"HTTP {answer.status_code}"
 
 
-async def _read(http: httpx.AsyncClient, request: httpx.Request) -> tuple[httpx.Response, bytes]:
-    """Send and read the whole answer (they are small JSON objects)."""
+async def _read(
+    http: httpx.AsyncClient, request: httpx.Request
+) -> tuple[httpx.Response, dict[str, str], bytes]:
+    """Send and read the whole answer (they are small JSON objects); its headers as one
+    lower-cased dict (each lookup in ``httpx.Headers`` scans and decodes the whole list)."""
     response = await http.send(request, stream=True)
     try:
+        headers = dict(response.headers.items())
         stream = response.stream
-        if "content-encoding" in response.headers or not isinstance(stream, httpx.AsyncByteStream):
+        if "content-encoding" in headers or not isinstance(stream, httpx.AsyncByteStream):
             content = await response.aread()  # compressed: httpx decodes it
         else:
             # Identity encoding: join the transport's chunks, skipping httpx's decoder and
@@ -179,7 +208,7 @@ async def _read(http: httpx.AsyncClient, request: httpx.Request) -> tuple[httpx.
             content = b"".join([chunk async for chunk in stream])
     finally:
         await response.aclose()
-    return response, content
+    return response, headers, content
 
 
 def _header_safe(value: str) -> bool:
@@ -584,7 +613,7 @@ class HitlClient:
             raise
         started = clock.monotonic()
         try:
-            answer, content = await _read(http, request)
+            answer, headers, content = await _read(http, request)
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
             pacer.release(responded=False, sent=False)
             breaker.abandon(probe)
@@ -612,10 +641,9 @@ class HitlClient:
         body = _json(content)
         now, wall = clock.monotonic(), clock.wall()
         usage = body if status == 429 or endpoint == "test_key" else None
-        headers = answer.headers
         info = (
             parse_rate_limit(headers, wall, usage)
-            if usage is not None or any(name in headers for name in _RATE_LIMIT_HEADERS)
+            if usage is not None or not _RATE_LIMIT_HEADERS.isdisjoint(headers)
             else None
         )
         if info is not None:
@@ -641,7 +669,7 @@ class HitlClient:
                     data=data,
                 )
             return _Reply(endpoint, status, body)
-        retry_at = self._retry_at(status, answer.headers, info, now, wall)
+        retry_at = self._retry_at(status, headers, info, now, wall)
         # The barrier is shared: once one caller learns "not before T", every caller waits.
         pacer.release(info, retry_at=retry_at, failed=status != 429)
         if status == 429:
