@@ -143,7 +143,7 @@ def sandbox(tmp: Path, *args: str) -> Any:
         [
             sys.executable,
             "-m",
-            "connector.sandbox",
+            "hitl_sandbox",
             "--port",
             str(port),
             "--preset-loop",

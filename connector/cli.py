@@ -154,7 +154,7 @@ def cmd_webhooks_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from connector.sandbox.server import options_from_args, serve
+    from hitl_sandbox.server import options_from_args, serve
 
     serve(options_from_args(args), args.host, args.port)
     return 0
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_webhooks_list)
 
     p = sub.add_parser(
-        "sandbox", help="run the local HITL.sh stand-in", options_from="connector.sandbox.server"
+        "sandbox", help="run the local HITL.sh stand-in", options_from="hitl_sandbox.server"
     )
     p.set_defaults(func=cmd_sandbox)
 

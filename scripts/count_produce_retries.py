@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 from connector.app import ConnectorApp  # noqa: E402
 from connector.devcluster import DevCluster  # noqa: E402
 from connector.devkafka import DevKafka  # noqa: E402
-from connector.sandbox import SandboxServer  # noqa: E402
+from hitl_sandbox import SandboxServer  # noqa: E402
 from tests.integration.harness import decision_settings  # noqa: E402
 from tests.integration.test_decision_path import events, reviewer  # noqa: E402
 

@@ -27,7 +27,7 @@ from connector.app import ConnectorApp
 from connector.config import Settings
 from connector.devkafka import DevKafka
 from connector.kafka.admin import ensure_topics
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     counted,
     decision_settings,

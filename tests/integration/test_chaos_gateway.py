@@ -31,7 +31,7 @@ from connector.app import ConnectorApp
 from connector.config import Settings
 from connector.hitl.signing import sign
 from connector.kafka.admin import ensure_topics, partition_ids
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     WEBHOOK_SECRET,
     decision_settings,

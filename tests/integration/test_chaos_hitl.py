@@ -29,7 +29,7 @@ import orjson
 import pytest
 
 from connector.config import Settings
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.faultproxy import FaultProxy
 from tests.integration.harness import (
     API_KEY,

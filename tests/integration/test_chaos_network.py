@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from connector.config import Settings
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.faultproxy import FaultProxy
 from tests.integration.harness import (
     lookup_calls,

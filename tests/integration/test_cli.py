@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from connector.config import Settings
 from connector.errors import KafkaSetupError
 from connector.kafka.admin import ensure_topics
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import API_KEY, counted, produce, run_settings, wait_until
 
 pytestmark = pytest.mark.kafka

@@ -34,7 +34,7 @@ from connector.errors import KafkaSetupError
 from connector.kafka.admin import ensure_topics
 from connector.kafka.clients import transactional_id
 from connector.logs import KafkaNoiseFilter
-from connector.sandbox import SandboxServer
+from hitl_sandbox import SandboxServer
 from tests.integration.harness import wait_until
 from tests.integration.ledger import ledger
 from tests.integration.test_chaos_broker import (

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from connector.kafka.checkpoint import Checkpoint, CheckpointError
 from connector.records import OutRecord
-from connector.sandbox import SandboxServer
+from hitl_sandbox import SandboxServer
 from tests.integration.harness import counted, decision_settings
 from tests.integration.test_decision_path import reviewer, run_and_check
 

@@ -30,7 +30,7 @@ from starlette.routing import Route
 from connector.app import ConnectorApp
 from connector.config import Settings
 from connector.kafka.admin import ensure_topics
-from connector.sandbox import SandboxServer
+from hitl_sandbox import SandboxServer
 from tests.integration.harness import (
     API_KEY,
     decision_settings,

@@ -16,7 +16,7 @@ import pytest
 
 from connector.app import ConnectorApp
 from connector.config import Settings
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     WEBHOOK_SECRET,
     counted,

@@ -23,7 +23,7 @@ from werkzeug.serving import make_server
 
 from connector import Answer, NormalizedCallback, sign
 from connector.config import HitlSettings
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import API_KEY
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"

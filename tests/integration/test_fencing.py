@@ -24,7 +24,7 @@ from connector.app import ConnectorApp
 from connector.config import Settings
 from connector.kafka.admin import ensure_topics
 from connector.kafka.clients import transactional_id
-from connector.sandbox import SandboxServer
+from hitl_sandbox import SandboxServer
 from tests.integration.harness import decision_settings, produce, read_all, wait_until
 from tests.integration.ledger import ledger
 from tests.integration.test_decision_path import events, reviewer

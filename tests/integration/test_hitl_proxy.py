@@ -17,7 +17,7 @@ import trustme
 from connector.config import HitlSettings
 from connector.errors import HitlUnavailableError
 from connector.hitl.client import HitlClient
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.support import create_body
 
 LOOP = "65f0000000000000000000aa"

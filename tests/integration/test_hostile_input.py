@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from connector.config import Settings
-from connector.sandbox import SandboxServer
+from hitl_sandbox import SandboxServer
 from tests.integration.harness import (
     decision_settings,
     header,

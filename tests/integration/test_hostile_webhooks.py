@@ -24,7 +24,7 @@ from connector.app import ConnectorApp
 from connector.config import Settings
 from connector.hitl.signing import sign
 from connector.hitl.tokens import make_callback_token
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     decision_settings,
     offsets,

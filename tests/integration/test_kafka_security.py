@@ -24,7 +24,7 @@ import yaml
 from connector.app import ConnectorApp
 from connector.config import KafkaSettings, Settings, load_settings
 from connector.errors import ConfigError, KafkaSetupError
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.conftest import KafkaTls
 from tests.integration.harness import (
     API_KEY,

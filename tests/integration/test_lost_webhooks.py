@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     decision_settings,
     produce,

@@ -14,7 +14,7 @@ import pytest
 
 from connector.app import ConnectorApp
 from connector.metrics import Metrics
-from connector.sandbox import SandboxServer
+from hitl_sandbox import SandboxServer
 from tests.integration.harness import (
     decision_settings,
     offsets,

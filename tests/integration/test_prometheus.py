@@ -25,7 +25,7 @@ import orjson
 import pytest
 import yaml
 
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     WEBHOOK_SECRET,
     decision_settings,

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from connector.sandbox import SandboxServer
-from connector.sandbox.answers import parse_answer
+from hitl_sandbox import SandboxServer
+from hitl_sandbox.answers import parse_answer
 from tests.integration.harness import (
     decision_settings,
     produce,

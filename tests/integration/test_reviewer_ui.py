@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import API_KEY, decision_settings, produce, read_all, wait_until
 from tests.integration.test_decision_path import LOOP, SECRET
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.sandbox import SandboxOptions, SandboxServer
-from connector.sandbox.options import RUNTIME_FIELDS
+from hitl_sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox.options import RUNTIME_FIELDS
 from tests.support import create_body
 
 LOOP = "65f1234567890abcdef12345"

@@ -23,9 +23,9 @@ import httpx
 import pytest
 from httpx_aiohttp import AiohttpTransport
 
-from connector.sandbox import SandboxOptions, SandboxServer
-from connector.sandbox.options import RUNTIME_FIELDS
-from connector.sandbox.server import add_arguments, options_from_args
+from hitl_sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox.options import RUNTIME_FIELDS
+from hitl_sandbox.server import add_arguments, options_from_args
 from tests.support import create_body
 
 LOOP = "65f1234567890abcdef12345"

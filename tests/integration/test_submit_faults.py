@@ -22,7 +22,7 @@ import yaml
 
 from connector.config import Settings
 from connector.kafka.admin import ensure_topics
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     API_KEY,
     event_of,

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from connector.app import ConnectorApp
-from connector.sandbox import SandboxOptions, SandboxServer
+from hitl_sandbox import SandboxOptions, SandboxServer
 from tests.integration.harness import (
     counted,
     event_of,

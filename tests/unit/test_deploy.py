@@ -380,7 +380,7 @@ def test_compose_depends_on_and_healthchecks(services: dict[str, dict[str, Any]]
 
 
 def test_compose_commands_parse_with_the_real_cli(services: dict[str, dict[str, Any]]) -> None:
-    from connector.sandbox.server import options_from_args
+    from hitl_sandbox.server import options_from_args
 
     dockerfile_cmd = ["run"]
     parsed = {}

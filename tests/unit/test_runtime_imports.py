@@ -7,7 +7,7 @@ import sys
 
 import orjson
 
-DEV_ONLY = ("connector.sandbox", "connector.devkafka", "connector.devstack", "connector.loadgen",
+DEV_ONLY = ("hitl_sandbox", "connector.devkafka", "connector.devstack", "connector.loadgen",
             "connector.dlq", "bench", "starlette")  # fmt: skip
 
 # What `hitl-connector run` executes before the event loop starts: the parser, the command's
@@ -44,4 +44,4 @@ args = build_parser().parse_args(["sandbox", "--port", "9999", "--auto-review"])
 assert (args.port, args.auto_review) == (9999, True)
 print(orjson.dumps(sorted(sys.modules)).decode())
 """
-    assert "connector.sandbox.server" in _modules_after(code)
+    assert "hitl_sandbox.server" in _modules_after(code)

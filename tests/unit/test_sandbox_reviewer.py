@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.sandbox.answers import AnswerError, parse_answer, random_answer, shape
-from connector.sandbox.payloads import build_payload, signature_headers
-from connector.sandbox.scheduler import Scheduler
-from connector.sandbox.state import SandboxState
-from connector.sandbox.validation import validate_create_request
-from connector.sandbox.webhooks import event_matches, retriable
+from hitl_sandbox.answers import AnswerError, parse_answer, random_answer, shape
+from hitl_sandbox.payloads import build_payload, signature_headers
+from hitl_sandbox.scheduler import Scheduler
+from hitl_sandbox.state import SandboxState
+from hitl_sandbox.validation import validate_create_request
+from hitl_sandbox.webhooks import event_matches, retriable
 
 RICH = {"value": "approved", "label": "Approve"}, {"value": "rejected", "label": "Reject"}
 CONFIGS: list[tuple[str, dict[str, Any], Any]] = [

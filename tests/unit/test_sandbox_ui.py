@@ -8,8 +8,8 @@ import re
 
 import httpx
 
-from connector.sandbox import SandboxOptions, create_app
-from connector.sandbox.ui import PAGE
+from hitl_sandbox import SandboxOptions, create_app
+from hitl_sandbox.ui import PAGE
 
 HOSTILE = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from connector.sandbox.ratelimit import FixedWindowLimiter
-from connector.sandbox.validation import (
+from hitl_sandbox.ratelimit import FixedWindowLimiter
+from hitl_sandbox.validation import (
     INVALID_CONFIG,
     VALIDATION_FAILED,
     Invalid,

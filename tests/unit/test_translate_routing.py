@@ -6,10 +6,10 @@ import orjson
 
 from connector.config import LoopSettings, PolicySettings, ReviewSettings, RouteRule
 from connector.records import SourceRef
-from connector.sandbox.validation import DOCUMENTED_FIELDS
 from connector.submitter.events import parse_event
 from connector.submitter.routing import Policy, choose_loop
 from connector.submitter.translate import build_create_body
+from hitl_sandbox.validation import DOCUMENTED_FIELDS
 
 SRC = SourceRef("content.events", 0, 7, 1_700_000_000_000)
 # The sandbox is the reference for what HITL.sh documents.

@@ -8,7 +8,7 @@ claims, escalations, timeouts, answers by hand) and ``webhooks`` for delivery (p
 in ``payloads``, registration in ``registry``).
 """
 
-from connector.sandbox.options import SandboxOptions
-from connector.sandbox.server import SandboxServer, create_app, serve
+from hitl_sandbox.options import SandboxOptions
+from hitl_sandbox.server import SandboxServer, create_app, serve
 
 __all__ = ["SandboxOptions", "SandboxServer", "create_app", "serve"]

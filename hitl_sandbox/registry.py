@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from connector.sandbox.app import Caller, Sandbox, error, invalid, ok
+from hitl_sandbox.app import Caller, Sandbox, error, invalid, ok
 
 
 def _problem(body: Any) -> Response | None:

@@ -33,11 +33,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from connector.sandbox.answers import AnswerError
-from connector.sandbox.app import Sandbox, json_response
-from connector.sandbox.options import RUNTIME_FIELDS
-from connector.sandbox.reviewer import NotAnswerable
-from connector.sandbox.ui import ui_page
+from hitl_sandbox.answers import AnswerError
+from hitl_sandbox.app import Sandbox, json_response
+from hitl_sandbox.options import RUNTIME_FIELDS
+from hitl_sandbox.reviewer import NotAnswerable
+from hitl_sandbox.ui import ui_page
 
 
 def _bad(msg: str, data: Any = None) -> Response:

@@ -38,19 +38,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from connector.sandbox.faults import FaultInjector
-from connector.sandbox.options import SandboxOptions
-from connector.sandbox.ratelimit import FixedWindowLimiter
-from connector.sandbox.responses import JSON, DroppedResponse, error, invalid, json_response, ok
-from connector.sandbox.reviewer import Reviewer
-from connector.sandbox.state import STATUSES, SandboxState, iso, sort_requests, stable_id
-from connector.sandbox.validation import (
+from hitl_sandbox.faults import FaultInjector
+from hitl_sandbox.options import SandboxOptions
+from hitl_sandbox.ratelimit import FixedWindowLimiter
+from hitl_sandbox.responses import JSON, DroppedResponse, error, invalid, json_response, ok
+from hitl_sandbox.reviewer import Reviewer
+from hitl_sandbox.state import STATUSES, SandboxState, iso, sort_requests, stable_id
+from hitl_sandbox.validation import (
     DOCUMENTED_FIELDS,
     PRIORITIES,
     unknown_fields,
     validate_create_request,
 )
-from connector.sandbox.webhooks import WebhookDispatcher
+from hitl_sandbox.webhooks import WebhookDispatcher
 
 Clock = Callable[[], float]
 SORTS = ("created_at_desc", "created_at_asc", "priority_desc", "status_asc")

@@ -32,10 +32,10 @@ import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
-from connector.sandbox.options import SandboxOptions
-from connector.sandbox.payloads import TERMINAL_EVENTS, build_payload, signature_headers
-from connector.sandbox.scheduler import Scheduler
-from connector.sandbox.state import LoopRecord, RequestRecord, SandboxState
+from hitl_sandbox.options import SandboxOptions
+from hitl_sandbox.payloads import TERMINAL_EVENTS, build_payload, signature_headers
+from hitl_sandbox.scheduler import Scheduler
+from hitl_sandbox.state import LoopRecord, RequestRecord, SandboxState
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from email.utils import formatdate
 
-from connector.sandbox.options import SandboxOptions
+from hitl_sandbox.options import SandboxOptions
 
 
 class FaultInjector:

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 from typing import Any
 
-from connector.sandbox.state import LoopRecord, RequestRecord, iso
+from hitl_sandbox.state import LoopRecord, RequestRecord, iso
 
 COMPLETED, CLAIMED, ESCALATED = "request.completed", "request.claimed", "request.escalated"
 TIMEOUT, CANCELLED = "request.timeout", "request.cancelled"

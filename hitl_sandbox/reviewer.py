@@ -18,12 +18,12 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from connector.sandbox import payloads
-from connector.sandbox.answers import parse_answer, random_answer, shape
-from connector.sandbox.options import SandboxOptions
-from connector.sandbox.scheduler import Scheduler
-from connector.sandbox.state import RequestRecord, SandboxState, stable_id
-from connector.sandbox.webhooks import WebhookDispatcher
+from hitl_sandbox import payloads
+from hitl_sandbox.answers import parse_answer, random_answer, shape
+from hitl_sandbox.options import SandboxOptions
+from hitl_sandbox.scheduler import Scheduler
+from hitl_sandbox.state import RequestRecord, SandboxState, stable_id
+from hitl_sandbox.webhooks import WebhookDispatcher
 
 ACTIVE = ("pending", "claimed")
 

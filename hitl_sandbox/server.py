@@ -22,11 +22,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from connector.sandbox.admin import admin_routes
-from connector.sandbox.app import Clock, Sandbox, error
-from connector.sandbox.options import SandboxOptions
-from connector.sandbox.registry import webhook_routes
 from connector.serving import HttpServer
+from hitl_sandbox.admin import admin_routes
+from hitl_sandbox.app import Clock, Sandbox, error
+from hitl_sandbox.options import SandboxOptions
+from hitl_sandbox.registry import webhook_routes
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
