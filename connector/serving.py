@@ -32,84 +32,6 @@ _TOO_LARGE = (
 )
 
 
-class _CoalescedWrites(asyncio.Transport):
-    """A connection's transport whose writes within one turn of the event loop go out as one.
-
-        uvicorn writes a response's head and its body separately, so each response costs two
-        ``send`` calls; held until the end of the loop turn and joined, it costs one. On the
-        webhook path that is ~6 of the gateway's ~70 µs per request (the bench's max rate, with a
-        profile). Anything that ends the connection (``close``, ``write_eof``) sends what is held
-        first, and so does a half-close from the client (the transport then closes on its own);
-    ``abort`` drops it, as the transport's own buffer would be.
-    """
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self._transport = transport
-        self._loop = loop
-        self._held: list[bytes] | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._held is None:
-            self._held = [bytes(data)]
-            self._loop.call_soon(self.flush)
-        else:
-            self._held.append(bytes(data))
-
-    def writelines(self, list_of_data: Any) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def flush(self) -> None:
-        """Send what is held now (before the transport may close on its own)."""
-        held, self._held = self._held, None
-        if held and not self._transport.is_closing():
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def abort(self) -> None:
-        self._held = None
-        self._transport.abort()
-
-    def can_write_eof(self) -> bool:
-        return self._transport.can_write_eof()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._transport.is_reading()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._transport.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._transport.get_protocol()
-
-    def get_write_buffer_size(self) -> int:
-        held = sum(len(data) for data in self._held) if self._held else 0
-        return self._transport.get_write_buffer_size() + held
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._transport.set_write_buffer_limits(high, low)
-
-
 class _Protocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline and a size cap on each request head."""
 
@@ -117,8 +39,7 @@ class _Protocol(HttpToolsProtocol):
     max_head_bytes: int = 16_384
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._writes = _CoalescedWrites(transport, self.loop)
-        super().connection_made(self._writes)
+        super().connection_made(transport)
         self._head_bytes = self._chunk = 0
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = None
@@ -153,7 +74,6 @@ class _Protocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False
             return True
-        self._writes.flush()  # the transport closes after this: the answer goes first
         return False
 
     def on_headers_complete(self) -> None:
