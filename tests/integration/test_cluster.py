@@ -217,9 +217,7 @@ def _stall(samples: list[tuple[float, int]], since: float) -> tuple[float, float
     return worst, began
 
 
-async def _scenario(
-    cluster: DevCluster, name: str, target: str, fault: Fault, limit_s: float
-) -> None:
+async def _scenario(cluster: DevCluster, name: str, target: str, fault: Fault) -> None:
     await heal(cluster)
     bootstrap = cluster.bootstrap_servers
     with SandboxServer(chaos_sandbox(review_delay_max_ms=1000)) as sandbox:
@@ -290,7 +288,9 @@ async def _scenario(
         print(f"{name} ledger: {figures.line()}")
         exactly_once(figures, n)
         assert all(alive.values()), alive
-        assert stall <= limit_s, f"decisions stopped for {stall:.1f}s (limit {limit_s}s)"
+        assert stall <= FAILOVER_BOUND_S, (
+            f"decisions stopped for {stall:.1f}s (limit {FAILOVER_BOUND_S}s)"
+        )
 
 
 async def _committed(app: ConnectorApp, n: int) -> bool:
@@ -323,32 +323,24 @@ async def _rolling_restart(cluster: DevCluster, _: int) -> None:
 
 
 async def test_cluster_leader_sigkill(kafka_cluster: DevCluster) -> None:
-    await _scenario(kafka_cluster, "cluster-leader-sigkill", "leader", _sigkill, FAILOVER_BOUND_S)
+    await _scenario(kafka_cluster, "cluster-leader-sigkill", "leader", _sigkill)
 
 
 @pytest.mark.slow
 async def test_cluster_coordinator_sigkill(kafka_cluster: DevCluster) -> None:
-    await _scenario(
-        kafka_cluster, "cluster-coordinator-sigkill", "coordinator", _sigkill, FAILOVER_BOUND_S
-    )
+    await _scenario(kafka_cluster, "cluster-coordinator-sigkill", "coordinator", _sigkill)
 
 
 @pytest.mark.slow
 async def test_cluster_broker_down_60s(kafka_cluster: DevCluster) -> None:
-    await _scenario(
-        kafka_cluster, "cluster-broker-down-60s", "coordinator", _down_60s, FAILOVER_BOUND_S
-    )
+    await _scenario(kafka_cluster, "cluster-broker-down-60s", "coordinator", _down_60s)
 
 
 @pytest.mark.slow
 async def test_cluster_broker_sigstop_35s(kafka_cluster: DevCluster) -> None:
-    await _scenario(
-        kafka_cluster, "cluster-broker-sigstop-35s", "coordinator", _sigstop_35s, FAILOVER_BOUND_S
-    )
+    await _scenario(kafka_cluster, "cluster-broker-sigstop-35s", "coordinator", _sigstop_35s)
 
 
 @pytest.mark.slow
 async def test_cluster_rolling_restart(kafka_cluster: DevCluster) -> None:
-    await _scenario(
-        kafka_cluster, "cluster-rolling-restart", "leader", _rolling_restart, FAILOVER_BOUND_S
-    )
+    await _scenario(kafka_cluster, "cluster-rolling-restart", "leader", _rolling_restart)
